@@ -34,8 +34,123 @@ def _add_devstack(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_devstack)
 
 
+def _contracts(args: argparse.Namespace) -> int:
+    from airflow_nevermined_fl.contracts.compile import compile_contracts
+
+    print(compile_contracts(force=args.force))
+    return 0
+
+
+def _add_contracts(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("contracts", help="the Nevermined contracts (compiled offline, cached)")
+    parser.add_argument("action", choices=["compile"])
+    parser.add_argument("--force", action="store_true", help="recompile even when cached")
+    parser.set_defaults(func=_contracts)
+
+
+def _runtime(args: argparse.Namespace) -> int:
+    from airflow_nevermined_fl import runtime_env
+
+    _print(runtime_env.install(force=args.force), args.json)
+    return 0
+
+
+def _add_runtime(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("runtime", help="the FL runtime venv (xain-fl services, apart from Airflow)")
+    parser.add_argument("action", choices=["install"])
+    parser.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(func=_runtime)
+
+
+def _data(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from airflow_nevermined_fl import data
+
+    try:
+        manifest = data.partition(
+            Path(args.out), args.providers, args.scheme, args.alpha, args.test_fraction, args.seed,
+            args.dataset,
+        )
+    except data.DataError as exc:
+        print(f"nvfl data partition: error: {exc}", file=sys.stderr)
+        return 2
+    _print(manifest, args.json)
+    return 0
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("data", help="demo data: per-provider shards of a bundled dataset")
+    parser.add_argument("action", choices=["partition"])
+    parser.add_argument("--providers", type=int, required=True, help="number of shards")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--scheme", default="iid", help="iid or non-iid (Dirichlet label skew)")
+    parser.add_argument("--alpha", type=float, default=0.5, help="non-iid: Dirichlet concentration")
+    parser.add_argument("--test-fraction", type=float, default=0.2, help="held-out test split")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dataset", default="digits", help="digits, breast_cancer, wine or iris")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(func=_data)
+
+
+def _session(args: argparse.Namespace) -> int:
+    from airflow_nevermined_fl.session_local import LocalSession, SessionLocalError
+
+    session = LocalSession(
+        participants=args.participants,
+        rounds=args.rounds,
+        epochs=args.epochs,
+        scheme=args.scheme,
+        alpha=args.alpha,
+        seed=args.seed,
+        heartbeat=args.heartbeat,
+        min_participants=args.min_participants,
+        fraction=args.fraction,
+        model=args.model,
+        stall_timeout=args.stall_timeout,
+        timeout=args.timeout,
+        s3_endpoint=args.s3_endpoint,
+        bucket=args.bucket,
+    )
+    try:
+        report = session.run()
+    except SessionLocalError as exc:
+        print(f"nvfl session local: error: {exc}", file=sys.stderr)
+        return 2
+    _print(report, args.json)
+    return 0 if report["state"] == "FINISHED" else 1
+
+
+def _add_session(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("session", help="one bare FL session as local processes (no Airflow)")
+    parser.add_argument("action", choices=["local"])
+    parser.add_argument("--participants", type=int, required=True)
+    parser.add_argument("--rounds", type=int, required=True)
+    parser.add_argument("--epochs", type=int, default=3, help="local epochs per round")
+    parser.add_argument("--scheme", default="non-iid", help="data split: iid or non-iid")
+    parser.add_argument("--alpha", type=float, default=0.5, help="non-iid: Dirichlet concentration")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--heartbeat", type=float, default=0.5, help="heartbeat period, seconds")
+    parser.add_argument("--min-participants", type=int, help="per round (default: all)")
+    parser.add_argument("--fraction", type=float, default=1.0, help="fraction selected per round")
+    parser.add_argument("--model", default="softmax", help="softmax or module:Class")
+    parser.add_argument("--stall-timeout", type=float, default=60.0, help="FAILED after this long idle")
+    parser.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
+    parser.add_argument("--s3-endpoint", help="S3 endpoint (default: the devstack's SeaweedFS)")
+    parser.add_argument("--bucket", help="S3 bucket (with --s3-endpoint; keys from AWS_* variables)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(func=_session)
+
+
 # Functions adding one command group each; handlers import their modules only when run.
-GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [_add_devstack]
+GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_devstack,
+    _add_contracts,
+    _add_runtime,
+    _add_data,
+    _add_session,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,113 @@
+"""Devstack component "chain": anvil on 127.0.0.1 with the Nevermined contracts deployed.
+
+Accounts come from anvil's public default mnemonic (dev chain only): index 0 owner/deployer, 1 consumer,
+2 coordinator provider, 3..5 data providers. Keys are derived on demand and never stored in the state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+
+from airflow_nevermined_fl.devstack import process
+
+CHAIN_ID = 31337
+HOST = "127.0.0.1"
+# anvil's well-known default mnemonic: its accounts are public test accounts, never use them on a real chain.
+MNEMONIC = "test test test test test test test test test test test junk"
+OWNER, CONSUMER, COORDINATOR_PROVIDER = 0, 1, 2
+DATA_PROVIDERS = (3, 4, 5)
+CONSUMER_TOKENS = 1_000_000 * 10**18
+
+
+def account(index: int) -> LocalAccount:
+    """The dev account at ``m/44'/60'/0'/0/<index>`` of anvil's default mnemonic."""
+    Account.enable_unaudited_hdwallet_features()
+    return Account.from_mnemonic(MNEMONIC, account_path=f"m/44'/60'/0'/0/{index}")
+
+
+def accounts() -> dict[str, Any]:
+    """Addresses by role."""
+    return {
+        "owner": account(OWNER).address,
+        "consumer": account(CONSUMER).address,
+        "coordinator_provider": account(COORDINATOR_PROVIDER).address,
+        "data_providers": [account(i).address for i in DATA_PROVIDERS],
+    }
+
+
+def up(home: Path, previous: dict[str, Any] | None) -> dict[str, Any]:
+    """Start anvil, deploy and wire the contracts, fund the consumer; reuse ``previous`` when alive."""
+    if previous is not None:
+        if alive(previous):
+            return previous
+        down(previous)
+    from airflow_nevermined_fl.contracts.client import Signer, connect
+    from airflow_nevermined_fl.contracts.compile import anvil_binary, load_artifacts
+    from airflow_nevermined_fl.contracts.deployment import deploy, mint
+
+    artifacts = load_artifacts()  # compiles on a cold cache, before anything is started
+    chain_home = home / "chain"
+    port = int(os.environ.get("NVFL_CHAIN_PORT") or process.free_port(HOST))
+    argv = [str(anvil_binary()), "--host", HOST, "--port", str(port), "--chain-id", str(CHAIN_ID)]
+    argv += ["--mnemonic", MNEMONIC, "--accounts", "10"]
+    pid = process.start(argv, chain_home / "anvil.log")
+    state: dict[str, Any] = {
+        "pid": pid,
+        "port": port,
+        "rpc_url": f"http://{HOST}:{port}",
+        "chain_id": CHAIN_ID,
+        "deployment_file": str(chain_home / "deployment.json"),
+        "log": str(chain_home / "anvil.log"),
+    }
+    try:
+        process.wait_port(HOST, port, timeout=30, pid=pid, what="anvil")
+        signer = Signer(connect(state["rpc_url"]), account(OWNER))
+        deployment = deploy(signer, artifacts)
+        mint(signer, deployment, account(CONSUMER).address, CONSUMER_TOKENS)
+        deployment.write(Path(state["deployment_file"]))
+    except BaseException:
+        process.stop(pid)
+        raise
+    return state
+
+
+def alive(state: dict[str, Any]) -> bool:
+    return process.pid_alive(int(state["pid"])) and process.port_open(HOST, int(state["port"]))
+
+
+def down(state: dict[str, Any]) -> None:
+    process.stop(int(state["pid"]))
+
+
+def public(state: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "rpc_url": state["rpc_url"],
+        "chain_id": state["chain_id"],
+        "deployment_file": state["deployment_file"],
+        "accounts": accounts(),
+    }
+
+
+def connection_uris(state: dict[str, Any]) -> dict[str, str]:
+    """Airflow connection URIs (type ``nevermined``) per actor. They hold private keys: keep them secret."""
+    from airflow.sdk import Connection
+
+    actors = {"nevermined_consumer": CONSUMER, "nevermined_coordinator_provider": COORDINATOR_PROVIDER}
+    actors |= {f"nevermined_provider_{n}": i for n, i in enumerate(DATA_PROVIDERS, start=1)}
+    extra = json.dumps({"deployment_file": state["deployment_file"], "chain_id": state["chain_id"]})
+    return {
+        conn_id: Connection(
+            conn_id=conn_id,
+            conn_type="nevermined",
+            host=state["rpc_url"],
+            password=account(index).key.to_0x_hex(),
+            extra=extra,
+        ).get_uri()
+        for conn_id, index in actors.items()
+    }
