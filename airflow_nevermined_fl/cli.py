@@ -143,6 +143,75 @@ def _add_session(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_session)
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from airflow_nevermined_fl import demo
+
+    result = demo.run(rounds=args.rounds, timeout=args.timeout)
+    if args.json:
+        _print(result, True)
+    else:
+        print(demo.render(result))
+    return 0 if result["state"] == "success" else 1
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("demo", help="one FL session through Airflow's REST API on the embedded stack")
+    parser.add_argument("--rounds", type=int, default=3, help="FL rounds (default 3)")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the run")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(func=_demo)
+
+
+def _images(args: argparse.Namespace) -> int:
+    from airflow_nevermined_fl import images
+
+    try:
+        _print(images.build_all(), args.json)
+    except images.ImageBuildError as exc:
+        print(f"nvfl images build: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_images(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("images", help="build the base + FL runtime images offline on $DOCKER_HOST")
+    parser.add_argument("action", choices=["build"])
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(func=_images)
+
+
+def _kubernetes(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from airflow_nevermined_fl.launchers.k8s_config import KubernetesConfigError
+    from airflow_nevermined_fl.launchers.kubernetes import KubernetesLauncher
+
+    try:
+        launcher = KubernetesLauncher(conn_id=args.conn_id)
+    except KubernetesConfigError as exc:
+        print(f"nvfl kubernetes {args.action}: error: {exc}", file=sys.stderr)
+        return 2
+    if args.action == "check":
+        _print(asdict(launcher.config), args.json)
+        return 0
+    if not (args.dag_id and args.run_id):
+        print("nvfl kubernetes cleanup: error: --dag-id and --run-id are required", file=sys.stderr)
+        return 2
+    stopped = launcher.stop_run(args.dag_id, args.run_id)
+    _print({"stopped": [w.id for w in stopped]}, args.json)
+    return 0
+
+
+def _add_kubernetes(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("kubernetes", help="a provider cluster: check its connection, clean up a run")
+    parser.add_argument("action", choices=["check", "cleanup"], help="cleanup: delete every object of a run")
+    parser.add_argument("--conn-id", required=True, help="the provider's Airflow kubernetes connection")
+    parser.add_argument("--dag-id", help="cleanup: DAG id of the run")
+    parser.add_argument("--run-id", help="cleanup: run id")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(func=_kubernetes)
+
+
 # Functions adding one command group each; handlers import their modules only when run.
 GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_devstack,
@@ -150,6 +219,9 @@ GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_runtime,
     _add_data,
     _add_session,
+    _add_demo,
+    _add_images,
+    _add_kubernetes,
 ]
 
 

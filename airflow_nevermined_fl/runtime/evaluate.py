@@ -1,0 +1,46 @@
+"""Evaluate a final softmax model on a held-out ``.npz`` split; prints one JSON line.
+
+    python -m airflow_nevermined_fl.runtime.evaluate --model s3://bucket/key.npz --data test.npz \\
+        [--sha256 HEX] [--s3-endpoint URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+
+from airflow_nevermined_fl.runtime.models import SoftmaxRegression, validate_data
+from airflow_nevermined_fl.runtime.participant import load_data
+from airflow_nevermined_fl.runtime.storage import StorageError, client, get_bytes, load_npz, parse_s3_url
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="s3://bucket/key of the final model .npz")
+    parser.add_argument("--data", required=True, help="held-out .npz (x, y): path or s3://bucket/key")
+    parser.add_argument("--sha256", help="expected sha256 of the model file")
+    parser.add_argument("--s3-endpoint", help="S3 endpoint URL (default: $AWS_ENDPOINT_URL)")
+    args = parser.parse_args(argv)
+    try:
+        bucket, key = parse_s3_url(args.model, "--model")
+        body = get_bytes(client(args.s3_endpoint), bucket, key)
+        digest = hashlib.sha256(body).hexdigest()
+        if args.sha256 and digest != args.sha256:
+            raise StorageError(f"--model: sha256 {digest} does not match the expected {args.sha256}")
+        arrays = load_npz(body, "--model")
+        data = load_data(args.data, args.s3_endpoint)
+        validate_data(data, "--data")
+    except (StorageError, ValueError) as exc:
+        print(f"evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    num_features, num_classes = arrays["W"].shape
+    model = SoftmaxRegression(num_features, num_classes)
+    loss, accuracy = model.evaluate(arrays["weights"], data["x"].astype("float64"), data["y"].astype("int64"))
+    print(json.dumps({"accuracy": accuracy, "loss": loss, "n": int(len(data["y"])), "sha256": digest}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

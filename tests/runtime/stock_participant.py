@@ -1,0 +1,67 @@
+"""A stock xain-sdk 0.6 participant: a plain ``Participant`` subclass run by the SDK's ``start_participant``.
+
+Nothing of this project is imported: it proves wire and storage compatibility of our coordinator with
+unmodified SDK clients (10 s heartbeat, pickled weights at the bucket root).
+
+    python stock_participant.py HOST PORT ENDPOINT BUCKET DATA.npz   (keys from AWS_* environment variables)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+from xain_sdk.config import Config
+from xain_sdk.participant import Participant
+from xain_sdk.participant_state_machine import start_participant
+
+
+class LinearSoftmax(Participant):
+    """Softmax regression by full-batch gradient descent; weights = W.ravel() then b (10 classes)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        data = np.load(path)
+        self.x, self.y = data["x"].astype(np.float64), data["y"].astype(np.int64)
+        self.classes = 10
+
+    def init_weights(self) -> np.ndarray:
+        return np.zeros((self.x.shape[1] + 1) * self.classes)
+
+    def train_round(self, weights: np.ndarray, epochs: int, epoch_base: int) -> tuple[np.ndarray, int]:
+        features = self.x.shape[1]
+        w = weights[: features * self.classes].reshape(features, self.classes).copy()
+        b = weights[features * self.classes :].copy()
+        for epoch in range(epochs):
+            for _ in range(20):
+                logits = self.x @ w + b
+                proba = np.exp(logits - logits.max(axis=1, keepdims=True))
+                proba /= proba.sum(axis=1, keepdims=True)
+                accuracy = float(np.mean(proba.argmax(axis=1) == self.y))
+                proba[np.arange(len(self.y)), self.y] -= 1.0
+                w -= 1.0 * self.x.T @ proba / len(self.y)
+                b -= 1.0 * proba.mean(axis=0)
+            self.update_metrics(epoch, epoch_base, accuracy=accuracy)
+        return np.concatenate([w.ravel(), b]), len(self.y)
+
+
+def main() -> None:
+    host, port, endpoint, bucket, data = sys.argv[1:6]
+    config = Config.from_unchecked_dict(
+        {
+            "coordinator": {"host": host, "port": int(port)},
+            "storage": {
+                "endpoint": endpoint,
+                "bucket": bucket,
+                "access_key_id": os.environ["AWS_ACCESS_KEY_ID"],
+                "secret_access_key": os.environ["AWS_SECRET_ACCESS_KEY"],
+            },
+            "logging": {"level": "info"},
+        }
+    )
+    start_participant(LinearSoftmax(data), config)
+
+
+if __name__ == "__main__":
+    main()

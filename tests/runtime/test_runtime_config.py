@@ -1,0 +1,78 @@
+"""Session config validation: each bad field is named with what was expected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_nevermined_fl.runtime.config import ConfigError, load, parse
+
+VALID: dict[str, Any] = {
+    "session_id": "s-1",
+    "rounds": 2,
+    "storage": {"endpoint": "http://127.0.0.1:9000", "bucket": "nvfl", "prefix": "/a/b/"},
+    "model": {"name": "softmax", "num_features": 64, "num_classes": 10},
+}
+
+
+def test_valid_config_with_defaults() -> None:
+    config = parse(VALID)
+    assert (config.rounds, config.epochs, config.min_participants, config.fraction) == (2, 1, 1, 1.0)
+    assert config.storage.prefix == "a/b/" and config.storage.url("0/global") == "s3://nvfl/a/b/0/global"
+    assert config.model.num_classes == 10 and config.grpc_port == 0 and config.status_port == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"rounds": 0}, "rounds"),
+        ({"rounds": "3"}, "rounds"),
+        ({"rounds": True}, "rounds"),
+        ({"fraction": 0}, "fraction"),
+        ({"fraction": 1.5}, "fraction"),
+        ({"min_participants": 0}, "min_participants"),
+        ({"epochs": 0}, "epochs"),
+        ({"heartbeat_period": 0}, "heartbeat_period"),
+        ({"stall_timeout": -1}, "stall_timeout"),
+        ({"linger": -1}, "linger"),
+        ({"grpc_port": 70000}, "grpc_port"),
+        ({"session_id": "a b"}, "session_id"),
+        ({"initial_model": "http://x/y"}, "initial_model"),
+        ({"model": {"name": "resnet"}}, "model.name"),
+        ({"model": {"name": "softmax", "num_features": 64}}, "model.num_classes"),
+        ({"storage": {"bucket": "Bad_Bucket"}}, "storage.bucket"),
+        ({"storage": {"prefix": "x"}}, "storage.bucket"),
+        ({"storage": {"bucket": "nvfl", "endpoint": "ftp://x"}}, "storage.endpoint"),
+        ({"storage": {"bucket": "nvfl", "secret_access_key": "s"}}, "storage"),
+    ],
+)
+def test_bad_field_is_named(change: dict[str, Any], field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse({**VALID, **change})
+    assert info.value.field == field
+    assert str(info.value).startswith(f"{field}: expected")
+
+
+def test_missing_storage_and_unreadable_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="^storage: expected"):
+        parse({"session_id": "s", "rounds": 1})
+    with pytest.raises(ConfigError, match="^--config: expected a readable"):
+        load(tmp_path / "missing.json")
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    with pytest.raises(ConfigError, match="^--config: expected valid json"):
+        load(broken)
+
+
+def test_toml_config(tmp_path: Path) -> None:
+    path = tmp_path / "session.toml"
+    path.write_text('session_id = "t"\nrounds = 4\nfraction = 0.5\n[storage]\nbucket = "nvfl"\n')
+    config = load(path)
+    assert (config.rounds, config.fraction, config.storage.bucket, config.model.name) == (
+        4,
+        0.5,
+        "nvfl",
+        "custom",
+    )

@@ -1,0 +1,384 @@
+"""Real sessions: coordinator and participants as FL-venv processes against a real SeaweedFS."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from airflow_nevermined_fl.runtime.safe_pickle import loads_array
+from airflow_nevermined_fl.session_local import (
+    Coordinator,
+    LocalSession,
+    RuntimeProcess,
+    runtime_env,
+    start_coordinator,
+    start_participant,
+    wait_ended,
+)
+
+HERE = Path(__file__).resolve().parent
+
+
+def _participants(
+    coordinator: Coordinator,
+    shards: dict[str, Any],
+    storage_url: str,
+    workdir: Path,
+    env: dict[str, str],
+    count: int = 3,
+    extra: tuple[str, ...] = (),
+) -> list[RuntimeProcess]:
+    return [
+        start_participant(
+            f"participant-{i}",
+            coordinator.grpc,
+            shards["providers"][i]["path"],
+            storage_url,
+            workdir,
+            env,
+            heartbeat=0.5,
+            extra_args=extra,
+        )
+        for i in range(count)
+    ]
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.05)
+
+
+def _stop_all(procs: list[RuntimeProcess]) -> None:
+    for proc in procs:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def finished(seaweed: dict[str, Any], s3_env: dict[str, str]) -> dict[str, Any]:
+    """`nvfl session local`'s engine: 3 participants, non-IID digits, 5 rounds."""
+    saved = {key: os.environ.get(key) for key in s3_env}
+    os.environ.update(s3_env)
+    try:
+        return LocalSession(
+            participants=3, rounds=5, s3_endpoint=seaweed["endpoint"], bucket=seaweed["bucket"]
+        ).run()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def test_three_participant_non_iid_session_reaches_accuracy(
+    finished: dict[str, Any], seaweed: dict[str, Any], s3_client: Any
+) -> None:
+    assert finished["state"] == "FINISHED", finished
+    assert finished["final_accuracy"] >= 0.90, finished["final_accuracy"]
+    assert finished["exit_codes"] == {
+        "coordinator": 0,
+        "participant-0": 0,
+        "participant-1": 0,
+        "participant-2": 0,
+    }
+    metrics = finished["rounds_metrics"]
+    assert [m["round"] for m in metrics] == [0, 1, 2, 3, 4] and finished["rounds_completed"] == 5
+    for m in metrics:
+        assert m["participants"] == 3 and m["n_samples"] > 0 and 0 < m["accuracy"] <= 1 and m["loss"] > 0
+        assert m["finished"] >= m["started"] and m["duration"] == pytest.approx(m["finished"] - m["started"])
+    assert metrics[-1]["loss"] < metrics[0]["loss"]
+    # The final model and its metadata are in the bucket, checksum as reported.
+    model = finished["model"]
+    key = model["url"].split("/", 3)[3]
+    body = s3_client.get_object(Bucket=seaweed["bucket"], Key=key)["Body"].read()
+    import hashlib
+
+    assert hashlib.sha256(body).hexdigest() == model["sha256"]
+    with np.load(io.BytesIO(body), allow_pickle=False) as npz:
+        assert npz["W"].shape == (64, 10) and npz["b"].shape == (10,)
+    meta_key = model["metadata_url"].split("/", 3)[3]
+    metadata = json.loads(s3_client.get_object(Bucket=seaweed["bucket"], Key=meta_key)["Body"].read())
+    assert metadata["session_id"] == finished["session_id"] and metadata["model"]["sha256"] == model["sha256"]
+    assert len(metadata["rounds_metrics"]) == 5
+
+
+def test_warm_start_begins_from_the_initial_model(
+    finished: dict[str, Any],
+    make_config: Callable[..., dict[str, Any]],
+    prefix: str,
+    shards: dict[str, Any],
+    seaweed: dict[str, Any],
+    s3_env: dict[str, str],
+    s3_client: Any,
+    tmp_path: Path,
+) -> None:
+    config = make_config(rounds=1, epochs=1, initial_model=finished["model"]["url"])
+    coordinator = start_coordinator(config, tmp_path, s3_env)
+    procs = [coordinator.process]
+    try:
+        procs += _participants(coordinator, shards, f"s3://{seaweed['bucket']}/{prefix}", tmp_path, s3_env)
+        status = wait_ended(coordinator, 60)
+    finally:
+        _stop_all(procs)
+    assert status["state"] == "FINISHED"
+    initial = s3_client.get_object(Bucket=seaweed["bucket"], Key=f"{prefix}/0/global")["Body"].read()
+    final_key = finished["model"]["url"].split("/", 3)[3]
+    with np.load(
+        io.BytesIO(s3_client.get_object(Bucket=seaweed["bucket"], Key=final_key)["Body"].read())
+    ) as npz:
+        assert np.array_equal(loads_array(initial), npz["weights"])
+    assert (
+        status["rounds_metrics"][0]["accuracy"] >= 0.88
+    )  # already trained: one epoch from zeros is far lower
+
+
+def test_stock_xain_sdk_participant_joins_and_finishes(
+    make_config: Callable[..., dict[str, Any]],
+    shards: dict[str, Any],
+    seaweed: dict[str, Any],
+    s3_env: dict[str, str],
+    s3_client: Any,
+    fl_python: Path,
+    tmp_path: Path,
+) -> None:
+    bucket = f"stock-{uuid.uuid4().hex[:8]}"
+    s3_client.create_bucket(Bucket=bucket)
+    config = make_config(
+        rounds=2,
+        epochs=1,
+        min_participants=2,
+        heartbeat_period=10,  # the SDK's fixed HEARTBEAT_TIME
+        heartbeat_timeout=5,
+        linger=12,
+        storage={"endpoint": seaweed["endpoint"], "bucket": bucket, "prefix": ""},  # stock SDK: no prefix
+    )
+    coordinator = start_coordinator(config, tmp_path, s3_env)
+    host, port = coordinator.grpc.split(":")
+    stock_args = [str(HERE / "stock_participant.py"), host, port, seaweed["endpoint"], bucket]
+    stock = RuntimeProcess.start(
+        "stock",
+        [*stock_args, shards["providers"][0]["path"]],
+        tmp_path / "stock.log",
+        runtime_env(s3_env),
+    )
+    ours = start_participant(
+        "ours", coordinator.grpc, shards["providers"][1]["path"], f"s3://{bucket}", tmp_path, s3_env
+    )
+    procs = [coordinator.process, stock, ours]
+    try:
+        status = wait_ended(coordinator, 90)
+        codes = [proc.wait(30) for proc in (stock, ours)]
+    finally:
+        _stop_all(procs)
+    assert status["state"] == "FINISHED", stock.tail()
+    assert codes == [0, 0], stock.tail()
+    assert [m["participants"] for m in status["rounds_metrics"]] == [2, 2]
+    assert status["refused_uploads"] == 0
+    keys = {item["Key"] for item in s3_client.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert {"0/global", "1/global", "2/global", "model/final.npz", "model/metadata.json"} <= keys
+
+
+def test_malicious_pickle_is_refused_not_executed_and_session_finishes(
+    make_config: Callable[..., dict[str, Any]],
+    shards: dict[str, Any],
+    seaweed: dict[str, Any],
+    s3_env: dict[str, str],
+    s3_client: Any,
+    tmp_path: Path,
+) -> None:
+    marker = tmp_path / "executed-marker"
+    bucket = f"evil-{uuid.uuid4().hex[:8]}"
+    s3_client.create_bucket(Bucket=bucket)
+    storage = {"endpoint": seaweed["endpoint"], "bucket": bucket, "prefix": ""}  # the SDK's layout
+    coordinator = start_coordinator(make_config(min_participants=2, storage=storage), tmp_path, s3_env)
+    host, port = coordinator.grpc.split(":")
+    evil = RuntimeProcess.start(
+        "evil",
+        [str(HERE / "evil_participant.py"), host, port, seaweed["endpoint"], bucket, str(marker), "0.5"],
+        tmp_path / "evil.log",
+        runtime_env(s3_env),
+    )
+    procs = [coordinator.process, evil]
+    try:
+        _wait_for(lambda: coordinator.status()["participants"]["connected"] == 1, 30, "evil joined")
+        # Two honest participants: one completes the seat of the evil one, the other waits as a spare.
+        honest = _participants(coordinator, shards, f"s3://{bucket}", tmp_path, s3_env, 2)
+        procs += honest
+        status = wait_ended(coordinator, 90)
+        codes = [proc.wait(30) for proc in honest]
+        evil_code = evil.wait(30)
+    finally:
+        _stop_all(procs)
+    assert status["state"] == "FINISHED" and status["rounds_completed"] == 3
+    assert status["refused_uploads"] == 1
+    assert not marker.exists()
+    assert codes == [0, 0] and evil_code != 0
+    log = coordinator.process.log.read_text()
+    assert "Refused upload" in log and "builtins.exec" in log
+
+
+def _kill_accepted_participant(coordinator: Coordinator, procs: list[RuntimeProcess]) -> RuntimeProcess:
+    """After the first round, SIGKILL a participant that holds a seat (not a waiting spare)."""
+    _wait_for(lambda: coordinator.status()["rounds_completed"] >= 1, 60, "first round")
+    victim = next(p for p in procs if "Rendezvous accepted" in p.log.read_text())
+    os.killpg(victim.pid, signal.SIGKILL)
+    return victim
+
+
+def test_killed_participant_is_replaced_by_a_spare_and_session_finishes(
+    make_config: Callable[..., dict[str, Any]],
+    prefix: str,
+    shards: dict[str, Any],
+    seaweed: dict[str, Any],
+    s3_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    config = make_config(rounds=6, epochs=1, min_participants=2, heartbeat_timeout=2)
+    coordinator = start_coordinator(config, tmp_path, s3_env)
+    procs = [coordinator.process]
+    try:
+        participants = _participants(
+            coordinator, shards, f"s3://{seaweed['bucket']}/{prefix}", tmp_path, s3_env
+        )
+        procs += participants
+        victim = _kill_accepted_participant(coordinator, participants)
+        status = wait_ended(coordinator, 90)
+        codes = {p.name: p.wait(30) for p in participants}
+    finally:
+        _stop_all(procs)
+    assert status["state"] == "FINISHED" and status["rounds_completed"] == 6
+    assert codes.pop(victim.name) == -signal.SIGKILL
+    assert list(codes.values()) == [0, 0]
+
+
+def test_killed_participant_without_spare_fails_within_stall_time(
+    make_config: Callable[..., dict[str, Any]],
+    prefix: str,
+    shards: dict[str, Any],
+    seaweed: dict[str, Any],
+    s3_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    config = make_config(rounds=20, epochs=1, heartbeat_timeout=2, stall_timeout=4, linger=1)
+    coordinator = start_coordinator(config, tmp_path, s3_env)
+    procs = [coordinator.process]
+    try:
+        participants = _participants(
+            coordinator,
+            shards,
+            f"s3://{seaweed['bucket']}/{prefix}",
+            tmp_path,
+            s3_env,
+            extra=("--connect-timeout", "3"),
+        )
+        procs += participants
+        victim = _kill_accepted_participant(coordinator, participants)
+        killed_at = time.monotonic()
+        status = wait_ended(coordinator, 60)
+        elapsed = time.monotonic() - killed_at
+        coordinator_code = coordinator.process.wait(30)
+        codes = {p.name: p.wait(30) for p in participants if p is not victim}
+    finally:
+        _stop_all(procs)
+    assert status["state"] == "FAILED" and status["rounds_completed"] < 20
+    assert (
+        "no progress for 4s" in status["reason"]
+        and "2 participant(s) connected, 3 needed" in status["reason"]
+    )
+    # Detection (heartbeat 0.5 s + timeout 2 s) then the 4 s stall time, plus polling slack.
+    assert elapsed < 0.5 + 2 + 4 + 3
+    assert coordinator_code == 1
+    # The survivors lose the coordinator and say so, with their own exit code.
+    assert list(codes.values()) == [3, 3]
+    assert all("coordinator unreachable" in p.tail() for p in participants if p is not victim)
+
+
+def test_status_endpoints_and_sigterm(
+    make_config: Callable[..., dict[str, Any]], s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    coordinator = start_coordinator(make_config(), tmp_path, s3_env)
+    try:
+        status = coordinator.status()
+        assert status["state"] == "STANDBY" and status["participants"] == {"connected": 0, "selected": 0}
+        assert status["rounds"] == 3 and status["rounds_metrics"] == [] and status["model"] is None
+        with urllib.request.urlopen(f"{coordinator.status_url}/health", timeout=5) as response:
+            assert json.loads(response.read()) == {"ok": True, "state": "STANDBY"}
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(f"{coordinator.status_url}/nope", timeout=5)
+        assert info.value.code == 404
+        os.kill(coordinator.process.pid, signal.SIGTERM)
+        assert coordinator.process.wait(10) == 143
+        assert "Stop requested" in coordinator.process.tail()
+    finally:
+        coordinator.process.stop()
+
+
+def test_participant_exits_3_when_the_coordinator_is_unreachable(
+    fl_python: Path, shards: dict[str, Any], seaweed: dict[str, Any], s3_env: dict[str, str]
+) -> None:
+    from airflow_nevermined_fl.devstack.process import free_port
+
+    started = time.monotonic()
+    result = subprocess.run(
+        [str(fl_python), "-m", "airflow_nevermined_fl.runtime.participant"]
+        + ["--coordinator", f"127.0.0.1:{free_port()}", "--data", shards["providers"][0]["path"]]
+        + ["--storage", f"s3://{seaweed['bucket']}/unreachable", "--connect-timeout", "1"],
+        capture_output=True,
+        text=True,
+        env=runtime_env(s3_env),
+        timeout=60,
+    )
+    assert result.returncode == 3, result.stderr
+    assert "coordinator unreachable for more than 1s" in result.stderr
+    assert time.monotonic() - started < 30
+
+
+def test_cli_session_local_uses_the_devstack_s3(seaweed: dict[str, Any], tmp_path: Path) -> None:
+    """`nvfl session local --json` end to end, S3 found through a devstack state (own NVFL_HOME)."""
+    home = tmp_path / "home"
+    (home / "devstack").mkdir(parents=True)
+    (home / "devstack" / "state.json").write_text(json.dumps({"s3": seaweed}))
+    nvfl = Path(sys.executable).parent / "nvfl"
+    env = {**os.environ, "NVFL_HOME": str(home)}
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
+        env.pop(key, None)
+    argv = [
+        str(nvfl),
+        "session",
+        "local",
+        "--participants",
+        "2",
+        "--rounds",
+        "2",
+        "--scheme",
+        "iid",
+        "--json",
+    ]
+    result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["state"] == "FINISHED" and report["rounds_completed"] == 2
+    assert report["final_accuracy"] > 0.8 and report["wall_time_s"] > 0
+    assert set(report["exit_codes"].values()) == {0}
+    assert seaweed["secret_key"] not in result.stdout + result.stderr
+    # Without any S3: exit 2 and what to do.
+    (home / "devstack" / "state.json").write_text("{}")
+    result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 2 and "run `nvfl devstack up` first" in result.stderr
