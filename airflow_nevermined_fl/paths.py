@@ -17,8 +17,8 @@ def state_dir() -> Path:
 
 
 def cache_dir() -> Path:
-    """Build caches shared by every state dir: ``$NVFL_CACHE`` or ``$XDG_CACHE_HOME/airflow-nevermined-fl``."""
-    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "airflow-nevermined-fl"
-    path = Path(os.environ.get("NVFL_CACHE") or default)
+    """Build caches shared by all state dirs: ``$NVFL_CACHE`` or ``$XDG_CACHE_HOME/airflow-nevermined-fl``."""
+    xdg = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    path = Path(os.environ.get("NVFL_CACHE") or xdg / "airflow-nevermined-fl")
     path.mkdir(parents=True, exist_ok=True)
     return path
