@@ -10,8 +10,15 @@ PROJECT_DIR = PACKAGE_DIR.parent
 
 
 def state_dir() -> Path:
-    """Local state: ``$NVFL_HOME`` or ``<project>/.nvfl`` (git-ignored)."""
-    path = Path(os.environ.get("NVFL_HOME") or PROJECT_DIR / ".nvfl")
+    """Local state: ``$NVFL_HOME``; else ``<checkout>/.nvfl`` (git-ignored) when running from a source
+    checkout, or ``$XDG_STATE_HOME/airflow-nevermined-fl`` for an installed package."""
+    if os.environ.get("NVFL_HOME"):
+        path = Path(os.environ["NVFL_HOME"])
+    elif (PROJECT_DIR / "pyproject.toml").exists():
+        path = PROJECT_DIR / ".nvfl"
+    else:
+        xdg = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+        path = xdg / "airflow-nevermined-fl"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
