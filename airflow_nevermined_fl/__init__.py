@@ -20,7 +20,33 @@ def get_provider_info() -> dict[str, Any]:
         "hooks": [
             {
                 "integration-name": "Nevermined",
-                "python-modules": ["airflow_nevermined_fl.hooks.nevermined"],
+                "python-modules": [
+                    "airflow_nevermined_fl.hooks.nevermined",
+                    "airflow_nevermined_fl.hooks.storage",
+                ],
+            },
+        ],
+        "operators": [
+            {
+                "integration-name": "Nevermined",
+                "python-modules": [
+                    "airflow_nevermined_fl.operators.workflow",
+                    "airflow_nevermined_fl.operators.payment",
+                    "airflow_nevermined_fl.operators.workloads",
+                    "airflow_nevermined_fl.operators.model",
+                ],
+            },
+        ],
+        "sensors": [
+            {
+                "integration-name": "Nevermined",
+                "python-modules": ["airflow_nevermined_fl.sensors.coordinator"],
+            },
+        ],
+        "triggers": [
+            {
+                "integration-name": "Nevermined",
+                "python-modules": ["airflow_nevermined_fl.triggers.coordinator"],
             },
         ],
         "connection-types": [
@@ -43,6 +69,25 @@ def get_provider_info() -> dict[str, Any]:
                     "hidden-fields": ["schema", "port", "login"],
                     "relabeling": {"host": "RPC URL", "password": "Account private key"},
                     "placeholders": {"host": "http://127.0.0.1:8545"},
+                },
+            },
+            {
+                "connection-type": "nvfl_storage",
+                "hook-class-name": "airflow_nevermined_fl.hooks.storage.StorageHook",
+                "hook-name": "Nevermined FL storage (S3)",
+                "conn-fields": {
+                    "endpoint_url": {
+                        "label": "S3 endpoint URL",
+                        "schema": {"type": "string"},
+                        "description": "S3-compatible endpoint, e.g. SeaweedFS or AWS.",
+                    },
+                    "bucket": {"label": "Bucket", "schema": {"type": "string"}},
+                    "region_name": {"label": "Region", "schema": {"type": ["string", "null"]}},
+                },
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "port", "host"],
+                    "relabeling": {"login": "Access key id", "password": "Secret access key"},
+                    "placeholders": {"endpoint_url": "http://127.0.0.1:8333", "bucket": "nvfl"},
                 },
             },
         ],

@@ -21,7 +21,7 @@ from typing import Any
 
 from airflow_nevermined_fl.paths import state_dir
 
-COMPONENTS: tuple[str, ...] = ("chain", "s3")
+COMPONENTS: tuple[str, ...] = ("chain", "s3", "airflow")
 
 
 def home() -> Path:

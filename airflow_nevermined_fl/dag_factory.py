@@ -1,0 +1,101 @@
+"""The FL session DAG: one run = one Federated Learning session on Nevermined Compute-to-Data.
+
+validate -> lock_coordinator_payment -> lock_payment (mapped: data providers) -> publish_workflow
+-> start_coordinator -> wait_for_coordinator (deferred) -> start_participants (mapped: data providers)
+-> wait_for_rounds (deferred) -> publish_model (compute fulfilled, escrow released) ; teardown (a
+teardown task: stops everything, refunds on failure).
+
+Consumer transactions must not overlap (one nonce sequence per account): the lock steps run one at a
+time per DAG; DAGs sharing a consumer account should share a one-slot pool.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from airflow.sdk import DAG, XComArg
+
+from airflow_nevermined_fl.operators.model import PublishModelOperator
+from airflow_nevermined_fl.operators.payment import LockPaymentOperator
+from airflow_nevermined_fl.operators.workflow import PublishWorkflowOperator, ValidateSessionOperator
+from airflow_nevermined_fl.operators.workloads import (
+    StartCoordinatorOperator,
+    StartParticipantOperator,
+    TeardownSessionOperator,
+)
+from airflow_nevermined_fl.params import session_params
+from airflow_nevermined_fl.sensors.coordinator import WaitForCoordinatorSensor, WaitForRoundsSensor
+
+DEFAULT_ARGS: dict[str, Any] = {"owner": "nevermined-fl", "retries": 1, "retry_delay": timedelta(seconds=5)}
+
+
+def fl_session_dag(
+    dag_id: str,
+    *,
+    schedule: Any = None,
+    warm_start: bool = False,
+    deferrable: bool = True,
+    params: dict[str, Any] | None = None,
+    **dag_kwargs: Any,
+) -> DAG:
+    """Build a session DAG. ``params`` overrides the session defaults (the trigger form's values);
+    ``warm_start`` starts from the last model this DAG published; ``deferrable=False`` runs the
+    waits inside worker slots."""
+    dag_kwargs.setdefault("start_date", datetime(2025, 1, 1))
+    dag_kwargs.setdefault("catchup", False)
+    dag_kwargs.setdefault("default_args", DEFAULT_ARGS)
+    dag_kwargs.setdefault("tags", ["nevermined", "federated-learning"])
+    dag_kwargs.setdefault("doc_md", __doc__)
+    with DAG(dag_id, schedule=schedule, params=session_params(**(params or {})), **dag_kwargs) as dag:
+        validate = ValidateSessionOperator(task_id="validate", warm_start=warm_start, retries=0)
+        session = XComArg(validate, key="session")
+        data_providers = validate.output
+        lock_coordinator = LockPaymentOperator(
+            task_id="lock_coordinator_payment",
+            session=session,
+            provider=session["coordinator"],
+            max_active_tis_per_dag=1,
+        )
+        lock = LockPaymentOperator.partial(
+            task_id="lock_payment",
+            session=session,
+            map_index_template="{{ task.provider['name'] }}",
+            max_active_tis_per_dag=1,
+        ).expand(provider=data_providers)
+        lock_coordinator >> lock
+        payments = [lock_coordinator.output, lock.output]
+        publish = PublishWorkflowOperator(task_id="publish_workflow", session=session, payments=payments)
+        start = StartCoordinatorOperator(
+            task_id="start_coordinator", session=session, workflow=publish.output, payments=payments
+        )
+        url = WaitForCoordinatorSensor(
+            task_id="wait_for_coordinator",
+            session=session,
+            coordinator=start.output,
+            workflow=publish.output,
+            deferrable=deferrable,
+        )
+        participants = StartParticipantOperator.partial(
+            task_id="start_participants",
+            session=session,
+            workflow=publish.output,
+            payments=payments,
+            coordinator=url.output,
+            map_index_template="{{ task.provider['name'] }}",
+        ).expand(provider=data_providers)
+        rounds = WaitForRoundsSensor(
+            task_id="wait_for_rounds", session=session, coordinator=url.output, deferrable=deferrable
+        )
+        participants >> rounds
+        model = PublishModelOperator(
+            task_id="publish_model",
+            session=session,
+            workflow=publish.output,
+            payments=payments,
+            result=rounds.output,
+        )
+        TeardownSessionOperator(
+            task_id="teardown", session=session, payments=payments, published=model.output
+        ).as_teardown(setups=[lock_coordinator, lock, start, participants])
+    return dag

@@ -1,0 +1,143 @@
+"""Local-process backend (embedded default): runtime processes with the FL venv's python.
+
+Each workload gets a directory ``<state dir>/workloads/<run key>/<workload key>/`` holding its files,
+``output.log``, ``exit_code`` once it ended, and ``workload.json`` (pid, process start time, argv,
+public env; never the secret env), so a teardown in another process, or after a worker crash, finds
+and stops it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import signal
+import time
+from pathlib import Path
+
+from airflow_nevermined_fl.devstack import process
+from airflow_nevermined_fl.launchers.base import (
+    Labels,
+    Launcher,
+    Workload,
+    WorkloadSpec,
+    WorkloadStatus,
+    run_key,
+)
+from airflow_nevermined_fl.paths import state_dir
+
+# Variables a runtime process inherits from the worker; everything else (AIRFLOW_CONN_* ...) stays out.
+_INHERITED = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR", "NVFL_HOME")
+
+
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """(state, start time) of a process from /proc; None when it does not exist."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[0], fields[19]
+
+
+def _proc_start_time(pid: int) -> str | None:
+    stat = _proc_stat(pid)
+    return stat[1] if stat else None
+
+
+def _runtime_python() -> Path:
+    from airflow_nevermined_fl.runtime_env import runtime_python
+
+    return runtime_python()
+
+
+class LocalLauncher(Launcher):
+    backend = "local"
+
+    @staticmethod
+    def root() -> Path:
+        return state_dir() / "workloads"
+
+    def _dir(self, labels: Labels) -> Path:
+        return self.root() / labels.run_key() / labels.workload_key()
+
+    def _load(self, directory: Path) -> Workload | None:
+        record = directory / "workload.json"
+        return Workload.from_dict(json.loads(record.read_text())) if record.exists() else None
+
+    def start(self, spec: WorkloadSpec) -> Workload:
+        directory = self._dir(spec.labels)
+        existing = self._load(directory)
+        if existing and self.status(existing).running:
+            return existing
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "exit_code").unlink(missing_ok=True)
+        for name, content in spec.files.items():
+            (directory / name).write_text(content)
+        args = [a.replace("{workdir}", str(directory)) for a in spec.args]
+        argv = [str(_runtime_python()), "-u", "-m", spec.module, *args]
+        # The shell records the exit code, so status() knows it from any process.
+        wrapper = ["/bin/sh", "-c", f'{shlex.join(argv)}; echo $? > "$0"', str(directory / "exit_code")]
+        env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
+        env.update(spec.env)
+        env.update(spec.secret_env)
+        pid = process.start(wrapper, directory / "output.log", env=env, cwd=directory)
+        workload = Workload(
+            backend=self.backend,
+            id=str(pid),
+            labels=spec.labels,
+            host="127.0.0.1",
+            started=time.time(),
+            endpoints={name: f"127.0.0.1:{port}" for name, port in spec.ports.items()},
+            details={
+                "pid": pid,
+                "proc_start": _proc_start_time(pid),
+                "dir": str(directory),
+                "log": str(directory / "output.log"),
+                "argv": argv,
+                "env": spec.env,
+            },
+        )
+        (directory / "workload.json").write_text(json.dumps(workload.to_dict(), indent=2))
+        return workload
+
+    def _alive(self, workload: Workload) -> bool:
+        """Running: the pid exists, is not a zombie (its parent may be another process) and is ours."""
+        stat = _proc_stat(int(workload.details["pid"]))
+        start = workload.details.get("proc_start")
+        return stat is not None and stat[0] != "Z" and (start is None or stat[1] == start)
+
+    def status(self, workload: Workload) -> WorkloadStatus:
+        if self._alive(workload):
+            return WorkloadStatus(running=True)
+        exit_file = Path(workload.details["dir"]) / "exit_code"
+        code = exit_file.read_text().strip() if exit_file.exists() else ""
+        return WorkloadStatus(running=False, exit_code=int(code) if code.lstrip("-").isdigit() else None)
+
+    def stop(self, workload: Workload, timeout: float = 10.0) -> None:
+        """SIGTERM the workload's process group, SIGKILL after ``timeout``."""
+        pid = int(workload.details["pid"])
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+            if not self._alive(workload):
+                return
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, sig)
+            deadline = time.monotonic() + wait
+            while self._alive(workload) and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+    def logs(self, workload: Workload, tail: int = 100) -> str:
+        log = Path(workload.details["log"])
+        if not log.exists():
+            return ""
+        return "\n".join(log.read_text(errors="replace").splitlines()[-tail:])
+
+    def find(self, dag_id: str, run_id: str) -> list[Workload]:
+        base = self.root() / run_key(dag_id, run_id)
+        if not base.is_dir():
+            return []
+        found = (self._load(d) for d in sorted(base.iterdir()) if d.is_dir())
+        return [w for w in found if w and w.labels.dag_id == dag_id and w.labels.run_id == run_id]
+
+    def free_port(self) -> int:
+        return process.free_port()

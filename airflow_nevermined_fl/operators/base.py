@@ -1,0 +1,77 @@
+"""What every session operator shares: the validated session, hooks per actor, workload labels."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+
+from airflow_nevermined_fl.launchers import Labels, Launcher, get_launcher
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_nevermined_fl.hooks.nevermined import NeverminedHook
+    from airflow_nevermined_fl.hooks.storage import StorageHook
+    from airflow_nevermined_fl.metadata import MetadataStore
+
+
+def nevermined(conn_id: str) -> NeverminedHook:
+    from airflow_nevermined_fl.hooks.nevermined import NeverminedHook
+
+    return NeverminedHook(nevermined_conn_id=conn_id)
+
+
+def storage(conn_id: str) -> StorageHook:
+    from airflow_nevermined_fl.hooks.storage import StorageHook
+
+    return StorageHook(storage_conn_id=conn_id)
+
+
+def metadata_store(conn_id: str) -> MetadataStore:
+    from airflow_nevermined_fl.metadata import MetadataStore
+
+    return MetadataStore(storage(conn_id))
+
+
+def launcher(entry: dict[str, Any]) -> Launcher:
+    """The launcher of a coordinator or data provider entry of the conf."""
+    return get_launcher(entry["backend"], entry.get("backend_conn_id"))
+
+
+def as_list(value: Any) -> list[dict[str, Any]]:
+    """Results of one or several tasks (a dict, or the lazy sequence of a mapped task, or a list of
+    those) as one flat list of dicts, without the missing entries."""
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        return [value]
+    return [item for part in value[:] for item in as_list(part)]  # a slice: one request, not one per item
+
+
+def by_name(payments: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {p["name"]: p for p in payments}
+
+
+class SessionOperator(BaseOperator):
+    """Base of the session steps: ``session`` is the validate step's output (``session_id`` + ``conf``)."""
+
+    template_fields: tuple[str, ...] = ("session",)
+    ui_color = "#d6e9f8"
+
+    def __init__(self, *, session: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.session = session
+
+    @property
+    def session_id(self) -> str:
+        return self.session["session_id"]
+
+    @property
+    def conf(self) -> dict[str, Any]:
+        return self.session["conf"]
+
+    def labels(self, context: Context, role: str, name: str) -> Labels:
+        ti = context["ti"]
+        return Labels(dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id, role=role, name=name)  # type: ignore[arg-type]

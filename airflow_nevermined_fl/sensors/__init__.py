@@ -1,0 +1,1 @@
+"""Sensors: the deferrable waits of an FL session on its coordinator."""

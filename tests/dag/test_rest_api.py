@@ -1,0 +1,100 @@
+"""End to end through the Airflow components (api-server, scheduler, dag-processor, triggerer) on
+127.0.0.1: bad conf refused with 400, conf re-checked at run start before any transaction, one session
+triggered with ``POST /api/v2/dags/fl_session/dagRuns``, waits deferred (no worker slot), no secrets."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dagstack import Stack, assert_no_secrets
+
+from airflow_nevermined_fl.demo import session_summary
+from airflow_nevermined_fl.rest import AirflowApiError, AirflowClient
+
+DAG = "fl_session"
+
+
+@pytest.fixture(scope="module")
+def api(
+    stack: Stack, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[dict[str, Any], AirflowClient]]:
+    from airflow_nevermined_fl.devstack import airflow
+
+    state = airflow.start(tmp_path_factory.mktemp("airflow-api"), stack.conn_env)
+    client = None
+    try:
+        client = AirflowClient(state["url"], airflow.USER, airflow.password(state))
+        client.wait_dag(DAG)
+        yield state, client
+    finally:
+        if client:
+            client.close()
+        airflow.down(state)
+
+
+def test_bad_conf_is_refused_with_400_naming_the_field(
+    api: tuple[dict[str, Any], AirflowClient], stack: Stack
+) -> None:
+    _, client = api
+    for field, value in (("rounds", 0), ("fraction", 1.5), ("heartbeat", "fast")):
+        with pytest.raises(AirflowApiError) as err:
+            client.trigger(DAG, stack.conf(**{field: value}))
+        assert err.value.status_code == 400
+        assert field in str(err.value.detail) or repr(value) in str(err.value.detail), err.value.detail
+
+
+def test_conf_is_checked_again_at_run_start(api: tuple[dict[str, Any], AirflowClient], stack: Stack) -> None:
+    """Fields valid one by one but not together: the run fails in ``validate``, before any transaction."""
+    _, client = api
+    nonce = stack.w3().eth.get_transaction_count(stack.accounts()["consumer"])
+    run = client.trigger(DAG, stack.conf(min_participants=5))
+    assert client.wait_run(DAG, run["dag_run_id"], timeout=120)["state"] == "failed"
+    states = {ti["task_id"]: ti["state"] for ti in client.task_instances(DAG, run["dag_run_id"])}
+    assert states["validate"] == "failed"
+    assert states["lock_coordinator_payment"] == "upstream_failed"
+    log = client.task_log(DAG, run["dag_run_id"], "validate", 1)
+    assert "conf.min_participants: 5 exceeds the 3 data providers" in log
+    assert stack.w3().eth.get_transaction_count(stack.accounts()["consumer"]) == nonce
+
+
+def test_session_over_rest(api: tuple[dict[str, Any], AirflowClient], stack: Stack) -> None:
+    state, client = api
+    before = stack.balances()
+    run_id = client.trigger(DAG, stack.conf())["dag_run_id"]
+    seen: dict[str, set[str]] = {}
+    deadline = time.monotonic() + 600
+    while client.run(DAG, run_id)["state"] not in ("success", "failed"):
+        for ti in client.task_instances(DAG, run_id):
+            seen.setdefault(ti["task_id"], set()).add(ti["state"])
+        assert time.monotonic() < deadline, "session did not finish"
+        time.sleep(0.5)
+    assert client.run(DAG, run_id)["state"] == "success"
+    assert "deferred" in seen["wait_for_rounds"]  # the long wait runs in the triggerer, not a worker slot
+
+    summary = session_summary(client, DAG, run_id)
+    assert set(summary["tasks"].values()) == {"success"}
+    assert [r["round"] for r in summary["rounds"]] == [0, 1]
+    assert summary["model_did"].startswith("did:nv:")
+    assert {p["name"] for p in summary["payments"]} == {
+        "coordinator",
+        "provider-1",
+        "provider-2",
+        "provider-3",
+    }
+    assert all(p["lock_tx"] and p["release_tx"] for p in summary["payments"])
+    after = stack.balances()
+    assert before["consumer"] - after["consumer"] == 25
+    assert after["coordinator"] - before["coordinator"] == 10
+
+    logs = [p.read_text(errors="replace") for p in Path(state["home"], "logs").rglob("*") if p.is_file()]
+    assert any("round 1 finished" in text for text in logs)  # trigger logs reach the task log
+    rendered = [
+        client.request("GET", f"/dags/{DAG}/dagRuns/{run_id}/taskInstances/{t}")["rendered_fields"]
+        for t in ("publish_workflow", "start_coordinator", "teardown")
+    ]
+    assert_no_secrets(stack, json.dumps(summary), json.dumps(rendered), *logs)

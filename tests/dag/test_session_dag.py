@@ -1,0 +1,146 @@
+"""Whole-DAG session with ``dag.test()`` on the real stack (anvil + contracts, SeaweedFS, xain-fl
+processes), then the chain-touching tasks retried: no second on-chain effect."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dagstack import Stack, assert_no_secrets
+
+from airflow_nevermined_fl import ddo
+from airflow_nevermined_fl.launchers.local import LocalLauncher
+
+RETRIED = ("lock_coordinator_payment", "lock_payment", "publish_workflow", "publish_model")
+
+
+@pytest.fixture(scope="module")
+def session_run(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    before = stack.balances()
+    summary, output = stack.dag_test(stack.conf(), tmp_path_factory.mktemp("run") / "summary.json", *RETRIED)
+    return {"before": before, "after": stack.balances(), "summary": summary, "output": output}
+
+
+def _value(summary: dict[str, Any], task: str) -> Any:
+    return summary["xcom"][task]["return_value"]
+
+
+def test_session_succeeds_with_every_step(session_run: dict[str, Any]) -> None:
+    summary = session_run["summary"]
+    assert summary["state"] == "success"
+    assert set(summary["tasks"].values()) == {"success"}
+    assert len([t for t in summary["tasks"] if t.startswith("start_participants[")]) == 3
+    rounds = _value(summary, "wait_for_rounds")
+    assert rounds["rounds"] == 2 and [m["round"] for m in rounds["rounds_metrics"]] == [0, 1]
+    assert rounds["final_accuracy"] > 0.5
+    assert "round 1 finished" in session_run["output"]  # the trigger logged each round with its metrics
+    model = _value(summary, "publish_model")
+    assert model["model_did"].startswith("did:nv:") and model["model_url"].startswith("s3://")
+    assert model["final_accuracy"] == rounds["final_accuracy"]
+
+
+def test_retries_have_no_second_on_chain_effect(session_run: dict[str, Any], stack: Stack) -> None:
+    summary, before, after = session_run["summary"], session_run["before"], session_run["after"]
+    assert set(summary["retried"]) == {
+        "lock_coordinator_payment[-1]",
+        "lock_payment[0]",
+        "lock_payment[1]",
+        "lock_payment[2]",
+        "publish_workflow[-1]",
+        "publish_model[-1]",
+    }
+    assert set(summary["retried"].values()) == {"success"}
+    prices = {"coordinator": 10, "provider-1": 5, "provider-2": 5, "provider-3": 5}
+    assert before["consumer"] - after["consumer"] == sum(prices.values())
+    for name, price in prices.items():
+        assert after[name] - before[name] == price, name
+    # The retried tasks' outputs (the last try) report that nothing was sent.
+    locks = [_value(summary, "lock_coordinator_payment")] + [
+        summary["xcom"][f"lock_payment[{i}]"]["return_value"] for i in range(3)
+    ]
+    for lock in locks:
+        assert lock["tx_hashes"] == {"asset": None, "agreement": None, "lock": None}
+    assert set(_value(summary, "publish_workflow")["tx_hashes"].values()) == {None}
+    model = _value(summary, "publish_model")
+    assert model["tx_hashes"] == {"register": None, "provenance": []}
+    assert all(txs == {"compute": None, "release": None} for txs in model["released"].values())
+
+
+def test_published_artifacts_on_chain_and_storage(
+    session_run: dict[str, Any], stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in stack.conn_env.items():
+        monkeypatch.setenv(key, value)
+    from airflow_nevermined_fl.hooks.nevermined import NeverminedHook
+    from airflow_nevermined_fl.hooks.storage import StorageHook
+    from airflow_nevermined_fl.metadata import MetadataStore
+
+    summary = session_run["summary"]
+    session_id = summary["xcom"]["validate"]["session"]["session_id"]
+    workflow, model = _value(summary, "publish_workflow"), _value(summary, "publish_model")
+    consumer = NeverminedHook("nevermined_consumer")
+    store = MetadataStore(StorageHook("nvfl_storage_default"))
+
+    model_ddo = store.get(model["model_did"])
+    assert consumer.get_did(model["model_did"]).checksum == ddo.ddo_checksum(model_ddo)
+    provenance = ddo.main_block(model_ddo)["provenance"]
+    assert provenance["sessionId"] == session_id
+    assert set(provenance["wasDerivedFrom"]) == {
+        workflow["coordinator_did"],
+        *workflow["participant_dids"].values(),
+    }
+    data = store.storage.get_bytes(model["model_url"])
+    assert hashlib.sha256(data).hexdigest() == model["model_sha256"]
+    assert ddo.main_block(model_ddo)["files"][0]["checksum"] == "0x" + model["model_sha256"]
+
+    coordinator_ddo = store.get(workflow["coordinator_did"])
+    main = ddo.main_block(coordinator_ddo)
+    assert main["type"] == "fl-coordinator"
+    assert main["parameters"]["rounds"] == 2 and main["parameters"]["minParticipants"] == 3
+    assert main["parameters"]["participantsRatio"] == 1.0
+    url = _value(summary, "wait_for_coordinator")["coordinator_url"]
+    assert coordinator_ddo["service"][0]["attributes"]["additionalInformation"]["coordinatorUrl"] == url
+    for did in workflow["participant_dids"].values():
+        assert ddo.main_block(store.get(did))["type"] == "workflow"
+
+    payments = [_value(summary, "lock_coordinator_payment")] + [
+        summary["xcom"][f"lock_payment[{i}]"]["return_value"] for i in range(3)
+    ]
+    for payment in payments:
+        states = consumer.condition_states(payment["agreement"])
+        assert states == {"compute": "fulfilled", "lock": "fulfilled", "escrow": "fulfilled"}
+
+
+def test_teardown_left_nothing_running(session_run: dict[str, Any]) -> None:
+    summary = session_run["summary"]
+    teardown = _value(summary, "teardown")
+    assert teardown["session_completed"] is True and teardown["refunds"] == {}
+    assert {w["name"] for w in teardown["stopped"]} == {
+        "coordinator",
+        "provider-1",
+        "provider-2",
+        "provider-3",
+    }
+    launcher = LocalLauncher()
+    workloads = launcher.find("fl_session", summary["run_id"])
+    assert len(workloads) == 4
+    assert not any(launcher.status(w).running for w in workloads)
+    assert {launcher.status(w).exit_code for w in workloads if w.labels.role == "participant"} == {0}
+
+
+def test_no_secrets_in_logs_xcom_or_rendered_fields(session_run: dict[str, Any], stack: Stack) -> None:
+    summary = session_run["summary"]
+    workload_logs = [Path(p).read_text() for p in Path(LocalLauncher.root()).glob("*/*/output.log")]
+    workload_files = [p.read_text() for p in Path(LocalLauncher.root()).glob("*/*/*.json")]
+    assert summary["rendered"], "no rendered template fields recorded"
+    assert_no_secrets(
+        stack,
+        session_run["output"],
+        json.dumps(summary["xcom"]),
+        json.dumps(summary["rendered"]),
+        *workload_logs,
+        *workload_files,
+    )
