@@ -1,0 +1,276 @@
+"""Docker backend: each workload is a container of the runtime image on one provider's Docker engine.
+
+One Airflow connection (type ``docker``) per provider: a different Docker host is a different provider.
+Its ``extra`` says where the engine is and how workloads are reached:
+
+- ``docker_url``: the engine (``unix:///var/run/docker.sock``, ``tcp://host:2376``); default ``$DOCKER_HOST``
+  or the local socket.
+- ``advertised_host``: the address other hosts reach this engine's workloads at (published in the
+  coordinator URL); default the host of a ``tcp://`` URL, else ``127.0.0.1``. Workloads bind all
+  interfaces unless it is a loopback address.
+- ``mounts``: ``["SRC:DST[:ro]", ...]`` host paths of the Docker host made visible to workloads (a
+  provider's data next to its participant).
+- ``tls_ca_cert``, ``tls_client_cert``, ``tls_client_key``: client TLS files for a ``tcp://`` engine.
+The connection's host/login/password, when set, are the image registry the docker provider logs in to.
+
+Containers use host networking (the ports the operators chose with ``free_port``), run under
+``docker-init``, are labelled ``io.nvfl.*`` (dag id, run id, task id, role, name) and named after the run
+and workload, so ``start`` is idempotent and a teardown in any worker finds them. ``stop`` removes the
+container; since its logs go with it, ``stop`` first records the exit code and a log tail in
+``workload.details`` (``status`` and ``logs`` answer from there afterwards). Secret env reaches the
+container's environment only (visible to whoever controls that engine, like its processes' memory).
+"""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import json
+import os
+import tarfile
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from airflow_nevermined_fl import __version__, ddo
+from airflow_nevermined_fl.devstack import process
+from airflow_nevermined_fl.launchers.base import (
+    Labels,
+    Launcher,
+    Workload,
+    WorkloadSpec,
+    WorkloadStatus,
+    run_key,
+)
+
+if TYPE_CHECKING:
+    from docker import APIClient
+
+LABEL = "io.nvfl"
+LABEL_KEYS = ("dag_id", "run_id", "task_id", "role", "name")
+WORKDIR = "/nvfl/work"
+DEFAULT_IMAGE = f"{ddo.RUNTIME_IMAGE}:{__version__}"
+STOP_TIMEOUT = 10
+KEPT_LOG_LINES = 500
+_EXTRA_FIELDS = {
+    "docker_url": str,
+    "advertised_host": str,
+    "mounts": list,
+    "tls_ca_cert": str,
+    "tls_client_cert": str,
+    "tls_client_key": str,
+}
+
+
+class DockerConfigError(ValueError):
+    """The Docker connection's settings are invalid (raised before anything is started)."""
+
+
+@dataclass(frozen=True)
+class DockerTarget:
+    """Where one provider's workloads run (from its Docker connection)."""
+
+    url: str
+    advertised_host: str
+    mounts: tuple[str, ...] = ()
+    tls: tuple[str, str, str] | None = None
+    registry_login: bool = False
+
+    @classmethod
+    def from_extra(cls, extra: dict[str, Any], where: str, registry_login: bool = False) -> DockerTarget:
+        for key, value in extra.items():
+            expected = _EXTRA_FIELDS.get(key)
+            if expected and not isinstance(value, expected):
+                raise DockerConfigError(f"{where}.extra.{key}: expected a {expected.__name__}")
+        url = extra.get("docker_url") or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        if urlparse(url).scheme not in ("unix", "tcp", "http", "https", "ssh"):
+            raise DockerConfigError(f"{where}.extra.docker_url: expected unix:// tcp:// https://: {url!r}")
+        mounts = tuple(extra.get("mounts") or ())
+        for mount in mounts:
+            parts = mount.split(":") if isinstance(mount, str) else []
+            absolute = len(parts) in (2, 3) and parts[0].startswith("/") and parts[1].startswith("/")
+            if not absolute or parts[2:] not in ([], ["ro"], ["rw"]):
+                raise DockerConfigError(f"{where}.extra.mounts: expected absolute SRC:DST[:ro]: {mount!r}")
+        tls_files = [extra.get(k) for k in ("tls_ca_cert", "tls_client_cert", "tls_client_key")]
+        if any(tls_files) and not all(tls_files):
+            raise DockerConfigError(f"{where}.extra: give all tls_ca_cert tls_client_cert tls_client_key")
+        remote = urlparse(url).hostname if urlparse(url).scheme in ("tcp", "http", "https", "ssh") else None
+        return cls(
+            url=url,
+            advertised_host=extra.get("advertised_host") or remote or "127.0.0.1",
+            mounts=mounts,
+            tls=tuple(tls_files) if all(tls_files) else None,  # type: ignore[arg-type]
+            registry_login=registry_login,
+        )
+
+
+def connection_json(**extra: Any) -> str:
+    """A Docker connection in Airflow's JSON form (for ``AIRFLOW_CONN_<ID>``); ``extra`` is validated."""
+    DockerTarget.from_extra(extra, "docker connection")
+    return json.dumps({"conn_type": "docker", "extra": extra})
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def container_name(labels: Labels) -> str:
+    return f"nvfl-{labels.run_key()}-{labels.workload_key()}"
+
+
+def _files_tar(files: dict[str, str]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, content in files.items():
+            data = content.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+class DockerLauncher(Launcher):
+    backend = "docker"
+
+    @cached_property
+    def target(self) -> DockerTarget:
+        if not self.conn_id:
+            return DockerTarget.from_extra({}, "docker connection")
+        from airflow.sdk.bases.hook import BaseHook
+
+        conn = BaseHook.get_connection(self.conn_id)
+        return DockerTarget.from_extra(conn.extra_dejson, self.conn_id, registry_login=bool(conn.host))
+
+    @property
+    def bind_host(self) -> str:  # type: ignore[override]
+        return "127.0.0.1" if _is_loopback(self.target.advertised_host) else "0.0.0.0"
+
+    @cached_property
+    def client(self) -> APIClient:
+        from airflow.providers.docker.hooks.docker import DockerHook
+
+        target = self.target
+        tls = DockerHook.construct_tls_config(*target.tls) if target.tls else None
+        hook = DockerHook(
+            docker_conn_id=self.conn_id if target.registry_login else None,
+            base_url=target.url,
+            version="auto",
+            tls=tls,
+        )
+        return hook.get_conn()
+
+    def _inspect(self, ref: str) -> dict[str, Any] | None:
+        from docker.errors import NotFound
+
+        try:
+            return self.client.inspect_container(ref)
+        except NotFound:
+            return None
+
+    def _workload(self, info: dict[str, Any]) -> Workload:
+        tags = info["Config"]["Labels"]
+        return Workload(
+            backend=self.backend,
+            id=info["Id"],
+            labels=Labels(**{k: tags[f"{LABEL}.{k}"] for k in LABEL_KEYS}),
+            host=tags[f"{LABEL}.host"],
+            started=float(tags[f"{LABEL}.started"]),
+            endpoints=json.loads(tags[f"{LABEL}.endpoints"]),
+            details={
+                "container": info["Name"].lstrip("/"),
+                "image": info["Config"]["Image"],
+                "docker_url": self.target.url,
+                "argv": info["Config"]["Cmd"],
+            },
+        )
+
+    def start(self, spec: WorkloadSpec) -> Workload:
+        from docker.errors import ImageNotFound
+
+        name = container_name(spec.labels)
+        existing = self._inspect(name)
+        if existing and existing["State"]["Running"]:
+            return self._workload(existing)
+        if existing:
+            self.client.remove_container(existing["Id"], force=True)
+        host = self.target.advertised_host
+        labels = {f"{LABEL}.{k}": getattr(spec.labels, k) for k in LABEL_KEYS} | {
+            f"{LABEL}.run_key": spec.labels.run_key(),
+            f"{LABEL}.host": host,
+            f"{LABEL}.started": repr(time.time()),
+            f"{LABEL}.endpoints": json.dumps({n: f"{host}:{p}" for n, p in spec.ports.items()}),
+        }
+        image = spec.image or DEFAULT_IMAGE
+        command = ["python", "-u", "-m", spec.module, *(a.replace("{workdir}", WORKDIR) for a in spec.args)]
+        host_config = self.client.create_host_config(
+            network_mode="host", binds=list(self.target.mounts), init=True
+        )
+        try:
+            created = self.client.create_container(
+                image,
+                command=command,
+                name=name,
+                labels=labels,
+                environment={**spec.env, **spec.secret_env},
+                working_dir=WORKDIR,
+                host_config=host_config,
+            )
+        except ImageNotFound as err:
+            raise DockerConfigError(
+                f"image: {image!r} is not on the Docker engine {self.target.url} (`nvfl images build`)"
+            ) from err
+        if spec.files:
+            self.client.put_archive(created["Id"], WORKDIR, _files_tar(spec.files))
+        self.client.start(created["Id"])
+        return self._workload(self.client.inspect_container(created["Id"]))
+
+    def status(self, workload: Workload) -> WorkloadStatus:
+        info = self._inspect(workload.id)
+        if info is None:
+            return WorkloadStatus(running=False, exit_code=workload.details.get("exit_code"))
+        state = info["State"]
+        if state["Running"]:
+            return WorkloadStatus(running=True)
+        exit_code = None if state["Status"] == "created" else state["ExitCode"]  # never started
+        return WorkloadStatus(running=False, exit_code=exit_code)
+
+    def stop(self, workload: Workload) -> None:
+        from docker.errors import NotFound
+
+        try:
+            self.client.stop(workload.id, timeout=STOP_TIMEOUT)
+            workload.details["exit_code"] = self.status(workload).exit_code
+            workload.details["log_tail"] = self.logs(workload, KEPT_LOG_LINES)
+            self.client.remove_container(workload.id, force=True)
+        except NotFound:
+            return
+
+    def logs(self, workload: Workload, tail: int = 100) -> str:
+        from docker.errors import NotFound
+
+        try:
+            raw = self.client.logs(workload.id, stdout=True, stderr=True, tail=tail)
+        except NotFound:
+            return "\n".join(str(workload.details.get("log_tail", "")).splitlines()[-tail:])
+        return raw.decode(errors="replace").rstrip("\n")
+
+    def find(self, dag_id: str, run_id: str) -> list[Workload]:
+        key = run_key(dag_id, run_id)
+        found = self.client.containers(all=True, filters={"label": [f"{LABEL}.run_key={key}"]})
+        infos = (self._inspect(c["Id"]) for c in found)
+        workloads = [self._workload(info) for info in infos if info]
+        return sorted(
+            (w for w in workloads if w.labels.dag_id == dag_id and w.labels.run_id == run_id),
+            key=lambda w: w.labels.workload_key(),
+        )
+
+    def free_port(self) -> int:
+        """A free port of this machine: right for an engine on the same host (host networking)."""
+        return process.free_port()
