@@ -146,7 +146,7 @@ def _add_session(sub: argparse._SubParsersAction) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from airflow_nevermined_fl import demo
 
-    result = demo.run(rounds=args.rounds, timeout=args.timeout)
+    result = demo.run(rounds=args.rounds, timeout=args.timeout, backend=args.backend)
     if args.json:
         _print(result, True)
     else:
@@ -158,6 +158,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("demo", help="one FL session through Airflow's REST API on the embedded stack")
     parser.add_argument("--rounds", type=int, default=3, help="FL rounds (default 3)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the run")
+    parser.add_argument("--backend", choices=["local", "docker"], default="local", help="where workloads run")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(func=_demo)
 
@@ -166,7 +167,7 @@ def _images(args: argparse.Namespace) -> int:
     from airflow_nevermined_fl import images
 
     try:
-        _print(images.build_all(), args.json)
+        _print(images.build_all(airflow=args.airflow), args.json)
     except images.ImageBuildError as exc:
         print(f"nvfl images build: error: {exc}", file=sys.stderr)
         return 1
@@ -176,6 +177,7 @@ def _images(args: argparse.Namespace) -> int:
 def _add_images(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("images", help="build the base + FL runtime images offline on $DOCKER_HOST")
     parser.add_argument("action", choices=["build"])
+    parser.add_argument("--airflow", action="store_true", help="also docker-compose's Airflow + devchain")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(func=_images)
 
@@ -203,13 +205,29 @@ def _kubernetes(args: argparse.Namespace) -> int:
 
 
 def _add_kubernetes(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("kubernetes", help="a provider cluster: check its connection, clean up a run")
+    parser = sub.add_parser(
+        "kubernetes", help="a provider cluster: validate its connection's settings, clean up a run"
+    )
     parser.add_argument("action", choices=["check", "cleanup"], help="cleanup: delete every object of a run")
     parser.add_argument("--conn-id", required=True, help="the provider's Airflow kubernetes connection")
     parser.add_argument("--dag-id", help="cleanup: DAG id of the run")
     parser.add_argument("--run-id", help="cleanup: run id")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(func=_kubernetes)
+
+
+def _compose(args: argparse.Namespace) -> int:
+    from airflow_nevermined_fl import compose
+
+    print(compose.dotenv(compose.env(args.docker_socket)), end="")
+    return 0
+
+
+def _add_compose(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("compose", help="the .env of docker-compose.yaml (fresh secrets, connections)")
+    parser.add_argument("action", choices=["env"])
+    parser.add_argument("--docker-socket", default="/var/run/docker.sock", help="engine socket on the host")
+    parser.set_defaults(func=_compose)
 
 
 # Functions adding one command group each; handlers import their modules only when run.
@@ -221,6 +239,7 @@ GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_session,
     _add_demo,
     _add_images,
+    _add_compose,
     _add_kubernetes,
 ]
 
