@@ -157,12 +157,12 @@ def render(result: dict[str, Any]) -> str:
         lines.append(f"final accuracy: {result['final_accuracy']:.4f}")
     if result.get("model_did"):
         lines.append(f"model: {result['model_did']}  {result['model_url']}")
-    lines.append("payments (locked in escrow -> released on completion):")
+    lines.append("payments in NVM base units (18 decimals), locked in escrow -> released on completion:")
     for p in result.get("payments", []):
         lines.append(
-            f"  {p['name']:<12} {p['amount']:>4} NVM  lock {p['lock_tx']}  release {p['release_tx'] or '-'}"
+            f"  {p['name']:<12} {p['amount']:>4}  lock {p['lock_tx']}  release {p['release_tx'] or '-'}"
         )
-    lines.append("token balances (before -> after):")
+    lines.append("token balances in NVM base units (before -> after):")
     for name, b in result["balances"].items():
         lines.append(f"  {name:<12} {b['before']} -> {b['after']}")
     lines.append(
