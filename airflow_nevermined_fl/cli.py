@@ -17,6 +17,32 @@ def _print(data: Any, as_json: bool) -> None:
             print(f"{key}: {value if not isinstance(value, (dict, list)) else json.dumps(value)}")
 
 
+def _error(command: str, message: object, code: int) -> int:
+    """Report a failed ``nvfl <command>`` on stderr; returns its exit code."""
+    print(f"nvfl {command}: error: {message}", file=sys.stderr)
+    return code
+
+
+def _command(
+    sub: argparse._SubParsersAction,
+    name: str,
+    func: Callable[[argparse.Namespace], int],
+    help: str,
+    actions: Sequence[str] = (),
+    actions_help: str | None = None,
+) -> argparse.ArgumentParser:
+    """The parser of command group ``name``, run by ``func``; its ``action`` argument when it has actions."""
+    parser = sub.add_parser(name, help=help)
+    if actions:
+        parser.add_argument("action", choices=list(actions), help=actions_help)
+    parser.set_defaults(func=func)
+    return parser
+
+
+def _json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
 def _devstack(args: argparse.Namespace) -> int:
     from airflow_nevermined_fl import devstack
 
@@ -28,10 +54,10 @@ def _devstack(args: argparse.Namespace) -> int:
 
 
 def _add_devstack(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("devstack", help="the embedded local stack (chain, S3, Airflow)")
-    parser.add_argument("action", choices=["up", "down", "status"])
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.set_defaults(func=_devstack)
+    parser = _command(
+        sub, "devstack", _devstack, "the embedded local stack (chain, S3, Airflow)", ["up", "down", "status"]
+    )
+    _json_flag(parser)
 
 
 def _contracts(args: argparse.Namespace) -> int:
@@ -42,10 +68,10 @@ def _contracts(args: argparse.Namespace) -> int:
 
 
 def _add_contracts(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("contracts", help="the Nevermined contracts (compiled offline, cached)")
-    parser.add_argument("action", choices=["compile"])
+    parser = _command(
+        sub, "contracts", _contracts, "the Nevermined contracts (compiled offline, cached)", ["compile"]
+    )
     parser.add_argument("--force", action="store_true", help="recompile even when cached")
-    parser.set_defaults(func=_contracts)
 
 
 def _runtime(args: argparse.Namespace) -> int:
@@ -56,11 +82,11 @@ def _runtime(args: argparse.Namespace) -> int:
 
 
 def _add_runtime(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("runtime", help="the FL runtime venv (xain-fl services, apart from Airflow)")
-    parser.add_argument("action", choices=["install"])
+    parser = _command(
+        sub, "runtime", _runtime, "the FL runtime venv (xain-fl services, apart from Airflow)", ["install"]
+    )
     parser.add_argument("--force", action="store_true", help="rebuild even when up to date")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.set_defaults(func=_runtime)
+    _json_flag(parser)
 
 
 def _data(args: argparse.Namespace) -> int:
@@ -74,15 +100,15 @@ def _data(args: argparse.Namespace) -> int:
             args.dataset,
         )
     except data.DataError as exc:
-        print(f"nvfl data partition: error: {exc}", file=sys.stderr)
-        return 2
+        return _error("data partition", exc, 2)
     _print(manifest, args.json)
     return 0
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("data", help="demo data: per-provider shards of a bundled dataset")
-    parser.add_argument("action", choices=["partition"])
+    parser = _command(
+        sub, "data", _data, "demo data: per-provider shards of a bundled dataset", ["partition"]
+    )
     parser.add_argument("--providers", type=int, required=True, help="number of shards")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--scheme", default="iid", help="iid or non-iid (Dirichlet label skew)")
@@ -90,8 +116,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--test-fraction", type=float, default=0.2, help="held-out test split")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dataset", default="digits", help="digits, breast_cancer, wine or iris")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.set_defaults(func=_data)
+    _json_flag(parser)
 
 
 def _session(args: argparse.Namespace) -> int:
@@ -116,15 +141,15 @@ def _session(args: argparse.Namespace) -> int:
     try:
         report = session.run()
     except SessionLocalError as exc:
-        print(f"nvfl session local: error: {exc}", file=sys.stderr)
-        return 2
+        return _error("session local", exc, 2)
     _print(report, args.json)
     return 0 if report["state"] == "FINISHED" else 1
 
 
 def _add_session(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("session", help="one bare FL session as local processes (no Airflow)")
-    parser.add_argument("action", choices=["local"])
+    parser = _command(
+        sub, "session", _session, "one bare FL session as local processes (no Airflow)", ["local"]
+    )
     parser.add_argument("--participants", type=int, required=True)
     parser.add_argument("--rounds", type=int, required=True)
     parser.add_argument("--epochs", type=int, default=3, help="local epochs per round")
@@ -139,8 +164,7 @@ def _add_session(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
     parser.add_argument("--s3-endpoint", help="S3 endpoint (default: the devstack's SeaweedFS)")
     parser.add_argument("--bucket", help="S3 bucket (with --s3-endpoint; keys from AWS_* variables)")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.set_defaults(func=_session)
+    _json_flag(parser)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -155,12 +179,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("demo", help="one FL session through Airflow's REST API on the embedded stack")
+    parser = _command(sub, "demo", _demo, "one FL session through Airflow's REST API on the embedded stack")
     parser.add_argument("--rounds", type=int, default=3, help="FL rounds (default 3)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the run")
     parser.add_argument("--backend", choices=["local", "docker"], default="local", help="where workloads run")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.set_defaults(func=_demo)
+    _json_flag(parser)
 
 
 def _images(args: argparse.Namespace) -> int:
@@ -169,17 +192,16 @@ def _images(args: argparse.Namespace) -> int:
     try:
         _print(images.build_all(airflow=args.airflow), args.json)
     except images.ImageBuildError as exc:
-        print(f"nvfl images build: error: {exc}", file=sys.stderr)
-        return 1
+        return _error("images build", exc, 1)
     return 0
 
 
 def _add_images(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("images", help="build the base + FL runtime images offline on $DOCKER_HOST")
-    parser.add_argument("action", choices=["build"])
+    parser = _command(
+        sub, "images", _images, "build the base + FL runtime images offline on $DOCKER_HOST", ["build"]
+    )
     parser.add_argument("--airflow", action="store_true", help="also docker-compose's Airflow + devchain")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.set_defaults(func=_images)
+    _json_flag(parser)
 
 
 def _kubernetes(args: argparse.Namespace) -> int:
@@ -191,29 +213,30 @@ def _kubernetes(args: argparse.Namespace) -> int:
     try:
         launcher = KubernetesLauncher(conn_id=args.conn_id)
     except KubernetesConfigError as exc:
-        print(f"nvfl kubernetes {args.action}: error: {exc}", file=sys.stderr)
-        return 2
+        return _error(f"kubernetes {args.action}", exc, 2)
     if args.action == "check":
         _print(asdict(launcher.config), args.json)
         return 0
     if not (args.dag_id and args.run_id):
-        print("nvfl kubernetes cleanup: error: --dag-id and --run-id are required", file=sys.stderr)
-        return 2
+        return _error("kubernetes cleanup", "--dag-id and --run-id are required", 2)
     stopped = launcher.stop_run(args.dag_id, args.run_id)
     _print({"stopped": [w.id for w in stopped]}, args.json)
     return 0
 
 
 def _add_kubernetes(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
-        "kubernetes", help="a provider cluster: validate its connection's settings, clean up a run"
+    parser = _command(
+        sub,
+        "kubernetes",
+        _kubernetes,
+        "a provider cluster: validate its connection's settings, clean up a run",
+        ["check", "cleanup"],
+        "cleanup: delete every object of a run",
     )
-    parser.add_argument("action", choices=["check", "cleanup"], help="cleanup: delete every object of a run")
     parser.add_argument("--conn-id", required=True, help="the provider's Airflow kubernetes connection")
     parser.add_argument("--dag-id", help="cleanup: DAG id of the run")
     parser.add_argument("--run-id", help="cleanup: run id")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.set_defaults(func=_kubernetes)
+    _json_flag(parser)
 
 
 def _compose(args: argparse.Namespace) -> int:
@@ -224,10 +247,10 @@ def _compose(args: argparse.Namespace) -> int:
 
 
 def _add_compose(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("compose", help="the .env of docker-compose.yaml (fresh secrets, connections)")
-    parser.add_argument("action", choices=["env"])
+    parser = _command(
+        sub, "compose", _compose, "the .env of docker-compose.yaml (fresh secrets, connections)", ["env"]
+    )
     parser.add_argument("--docker-socket", default="/var/run/docker.sock", help="engine socket on the host")
-    parser.set_defaults(func=_compose)
 
 
 # Functions adding one command group each; handlers import their modules only when run.

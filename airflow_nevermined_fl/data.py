@@ -100,3 +100,9 @@ def partition(
     manifest["test"] = {"path": str(out_dir / "test.npz"), "rows": int(n_test)}
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
+
+
+def softmax_model(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The built-in softmax model spec sized to the data of a ``partition`` manifest."""
+    sizes = {key: manifest[key] for key in ("num_features", "num_classes")}
+    return {"name": "softmax", **sizes}

@@ -17,14 +17,12 @@ PROVIDERS = 3
 
 def demo_conf(manifest: dict[str, Any], rounds: int = 3) -> dict[str, Any]:
     """The session conf: the default actors, one shard per data provider, the model sized to the data."""
+    from airflow_nevermined_fl import data
+
     conf = params.defaults()
     for provider, shard in zip(conf["data_providers"], manifest["providers"], strict=True):
         provider["dataset"] = shard["path"]
-    conf["model"] = {
-        "name": "softmax",
-        "num_features": manifest["num_features"],
-        "num_classes": manifest["num_classes"],
-    }
+    conf["model"] = data.softmax_model(manifest)
     conf["rounds"] = rounds
     return conf
 

@@ -237,15 +237,7 @@ class LocalSession:
             "stall_timeout": self.stall_timeout,
             "linger": 2 * self.heartbeat + 1,
             "storage": {"endpoint": endpoint, "bucket": bucket, "prefix": prefix},
-            "model": (
-                {
-                    "name": "softmax",
-                    "num_features": manifest["num_features"],
-                    "num_classes": manifest["num_classes"],
-                }
-                if builtin
-                else {"name": "custom"}
-            ),
+            "model": datasets.softmax_model(manifest) if builtin else {"name": "custom"},
         }
         started = time.monotonic()
         procs: list[RuntimeProcess] = []

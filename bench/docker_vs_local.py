@@ -36,14 +36,14 @@ Json = dict[str, Any]
 
 def session(launcher: Launcher, seaweed: Json, manifest: Json, rounds: int) -> BareSession:
     run_id = f"bench-{uuid.uuid4().hex[:10]}"
-    return BareSession(
+    return BareSession.on_devstack_s3(
+        seaweed,
+        f"bench/{run_id}",
         coordinator_launcher=launcher,
         participant_launcher=launcher,
-        storage={"endpoint": seaweed["endpoint"], "bucket": seaweed["bucket"], "prefix": f"bench/{run_id}"},
-        secret_env=s3.env(seaweed),
         shards=[p["path"] for p in manifest["providers"]],
         run_id=run_id,
-        model={"name": "softmax", **{k: manifest[k] for k in ("num_features", "num_classes")}},
+        model=data.softmax_model(manifest),
         rounds=rounds,
         dag_id="nvfl_bench",
     )

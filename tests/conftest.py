@@ -1,8 +1,11 @@
-"""Shared pytest setup: every test runs with its own state dir so it never touches a user's devstack."""
+"""Shared pytest setup: every test runs with its own state dir so it never touches a user's devstack;
+one real SeaweedFS (free ports) for the whole test session."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,3 +15,15 @@ def _isolated_state(tmp_path_factory: pytest.TempPathFactory) -> None:
     import os
 
     os.environ["NVFL_HOME"] = str(Path(tmp_path_factory.mktemp("nvfl-home")))
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The devstack SeaweedFS component on 127.0.0.1, started once, stopped by pid at the end."""
+    from airflow_nevermined_fl.devstack import s3
+
+    state = s3.up(tmp_path_factory.mktemp("seaweed"), None)
+    try:
+        yield state
+    finally:
+        s3.down(state)

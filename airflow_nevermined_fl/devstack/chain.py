@@ -43,10 +43,8 @@ def accounts() -> dict[str, Any]:
 
 def up(home: Path, previous: dict[str, Any] | None) -> dict[str, Any]:
     """Start anvil, deploy and wire the contracts, fund the consumer; reuse ``previous`` when alive."""
-    if previous is not None:
-        if alive(previous):
-            return previous
-        down(previous)
+    if (running := process.running_service(previous, HOST)) is not None:
+        return running
     from airflow_nevermined_fl.contracts.client import Signer, connect
     from airflow_nevermined_fl.contracts.compile import anvil_binary, load_artifacts
     from airflow_nevermined_fl.contracts.deployment import deploy, mint
@@ -65,24 +63,21 @@ def up(home: Path, previous: dict[str, Any] | None) -> dict[str, Any]:
         "deployment_file": str(chain_home / "deployment.json"),
         "log": str(chain_home / "anvil.log"),
     }
-    try:
+    with process.stopped_on_error(pid):
         process.wait_port(HOST, port, timeout=30, pid=pid, what="anvil")
         signer = Signer(connect(state["rpc_url"]), account(OWNER))
         deployment = deploy(signer, artifacts)
         mint(signer, deployment, account(CONSUMER).address, CONSUMER_TOKENS)
         deployment.write(Path(state["deployment_file"]))
-    except BaseException:
-        process.stop(pid)
-        raise
     return state
 
 
 def alive(state: dict[str, Any]) -> bool:
-    return process.pid_alive(int(state["pid"])) and process.port_open(HOST, int(state["port"]))
+    return process.service_alive(state, HOST)
 
 
 def down(state: dict[str, Any]) -> None:
-    process.stop(int(state["pid"]))
+    process.stop_service(state)
 
 
 def public(state: dict[str, Any]) -> dict[str, Any]:

@@ -7,8 +7,10 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -86,3 +88,32 @@ def stop(pid: int, timeout: float = 10.0) -> None:
             if not pid_alive(pid):
                 return
             time.sleep(0.1)
+
+
+@contextmanager
+def stopped_on_error(pid: int) -> Iterator[None]:
+    """Stop ``pid`` when the block raises: a service that failed to come up is not left running."""
+    try:
+        yield
+    except BaseException:
+        stop(pid)
+        raise
+
+
+def service_alive(state: Mapping[str, Any], host: str) -> bool:
+    """Whether the service of a devstack component state (``pid``, ``port``) runs and listens."""
+    return pid_alive(int(state["pid"])) and port_open(host, int(state["port"]))
+
+
+def stop_service(state: Mapping[str, Any]) -> None:
+    stop(int(state["pid"]))
+
+
+def running_service(previous: dict[str, Any] | None, host: str) -> dict[str, Any] | None:
+    """``previous`` (a component state) when its service still runs; a dead one is stopped, then None."""
+    if previous is None:
+        return None
+    if service_alive(previous, host):
+        return previous
+    stop_service(previous)
+    return None

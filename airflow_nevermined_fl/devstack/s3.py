@@ -65,10 +65,9 @@ def _write_identities(path: Path, access_key: str, secret_key: str) -> None:
 
 def _wait_bucket(state: dict[str, Any], pid: int, timeout: float = 60.0) -> None:
     """Until the bucket answers to the generated credentials (weed creates it shortly after listening)."""
-    import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
-    s3 = boto3.client("s3", endpoint_url=state["endpoint"], region_name="us-east-1", **credentials(state))
+    s3 = client(state)
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -84,10 +83,8 @@ def _wait_bucket(state: dict[str, Any], pid: int, timeout: float = 60.0) -> None
 
 def up(home: Path, previous: dict[str, Any] | None) -> dict[str, Any]:
     """Start SeaweedFS (or reuse ``previous`` when alive); credentials survive restarts."""
-    if previous is not None:
-        if alive(previous):
-            return previous
-        down(previous)
+    if (running := process.running_service(previous, HOST)) is not None:
+        return running
     s3_home = home / "s3"
     access_key = (previous or {}).get("access_key") or "NVFL" + secrets.token_hex(8).upper()
     secret_key = (previous or {}).get("secret_key") or secrets.token_urlsafe(30)
@@ -109,21 +106,18 @@ def up(home: Path, previous: dict[str, Any] | None) -> dict[str, Any]:
         "data_dir": str(s3_home / "data"),
         "log": str(s3_home / "weed.log"),
     }
-    try:
+    with process.stopped_on_error(pid):
         process.wait_port(HOST, state["port"], timeout=60, pid=pid, what="SeaweedFS S3")
         _wait_bucket(state, pid)
-    except BaseException:
-        process.stop(pid)
-        raise
     return state
 
 
 def alive(state: dict[str, Any]) -> bool:
-    return process.pid_alive(int(state["pid"])) and process.port_open(HOST, int(state["port"]))
+    return process.service_alive(state, HOST)
 
 
 def down(state: dict[str, Any]) -> None:
-    process.stop(int(state["pid"]))
+    process.stop_service(state)
 
 
 def public(state: dict[str, Any]) -> dict[str, Any]:
@@ -134,6 +128,13 @@ def public(state: dict[str, Any]) -> dict[str, Any]:
 def credentials(state: dict[str, Any]) -> dict[str, str]:
     """boto3 keyword arguments; also the values of AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY."""
     return {"aws_access_key_id": state["access_key"], "aws_secret_access_key": state["secret_key"]}
+
+
+def client(state: dict[str, Any]) -> Any:
+    """A boto3 S3 client of this SeaweedFS with the generated credentials."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=state["endpoint"], region_name="us-east-1", **credentials(state))
 
 
 def env(state: dict[str, Any]) -> dict[str, str]:

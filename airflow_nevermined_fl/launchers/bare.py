@@ -42,6 +42,15 @@ class BareSession:
     image: str | None = None
     participant_args: dict[str, list[str]] = field(default_factory=dict)
 
+    @classmethod
+    def on_devstack_s3(cls, s3_state: dict[str, Any], prefix: str, **fields: Any) -> BareSession:
+        """A session storing under ``prefix`` of a devstack SeaweedFS (its ``devstack.s3`` state), whose keys
+        are the workloads' secret env; ``fields``: the other dataclass fields."""
+        from airflow_nevermined_fl.devstack import s3
+
+        storage = {"endpoint": s3_state["endpoint"], "bucket": s3_state["bucket"], "prefix": prefix}
+        return cls(storage=storage, secret_env=s3.env(s3_state), **fields)
+
     def labels(self, role: str, name: str) -> Labels:
         return Labels(self.dag_id, self.run_id, f"start_{role}", role, name)  # type: ignore[arg-type]
 

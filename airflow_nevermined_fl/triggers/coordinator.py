@@ -58,11 +58,40 @@ def format_round(metrics: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-class CoordinatorUrlTrigger(BaseTrigger):
+class _CoordinatorTrigger(BaseTrigger):
+    """Polls the coordinator at ``status_url``; ``workload`` (a launcher ``Workload`` dict) tells when its
+    process is gone. Subclasses list their own constructor arguments in ``_fields``."""
+
+    _fields: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        status_url: str,
+        poll_interval: float,
+        workload: dict[str, Any] | None,
+        backend_conn_id: str | None,
+    ) -> None:
+        super().__init__()
+        self.status_url = status_url.rstrip("/")
+        self.poll_interval = poll_interval
+        self.workload = workload
+        self.backend_conn_id = backend_conn_id
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        fields = ("status_url", *self._fields, "poll_interval", "workload", "backend_conn_id")
+        return f"{type(self).__module__}.{type(self).__qualname__}", {f: getattr(self, f) for f in fields}
+
+    async def _gone(self) -> str | None:
+        return await workload_exit(self.workload, self.backend_conn_id)
+
+
+class CoordinatorUrlTrigger(_CoordinatorTrigger):
     """Fire once ``<status_url>/health`` answers 200 and the coordinator has not failed.
 
     ``workload`` (a launcher ``Workload`` dict): fail at once when that process is gone.
     """
+
+    _fields = ("timeout",)
 
     def __init__(
         self,
@@ -72,24 +101,8 @@ class CoordinatorUrlTrigger(BaseTrigger):
         workload: dict[str, Any] | None = None,
         backend_conn_id: str | None = None,
     ) -> None:
-        super().__init__()
-        self.status_url = status_url.rstrip("/")
+        super().__init__(status_url, poll_interval, workload, backend_conn_id)
         self.timeout = timeout
-        self.poll_interval = poll_interval
-        self.workload = workload
-        self.backend_conn_id = backend_conn_id
-
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "status_url": self.status_url,
-                "timeout": self.timeout,
-                "poll_interval": self.poll_interval,
-                "workload": self.workload,
-                "backend_conn_id": self.backend_conn_id,
-            },
-        )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         deadline = time.monotonic() + self.timeout
@@ -106,7 +119,7 @@ class CoordinatorUrlTrigger(BaseTrigger):
                     self.log.info("coordinator healthy at %s (%s)", self.status_url, status.get("state"))
                     yield TriggerEvent({"status": "success", "status_url": self.status_url})
                     return
-                gone = await workload_exit(self.workload, self.backend_conn_id)
+                gone = await self._gone()
                 if gone:
                     yield TriggerEvent({"status": "error", "message": f"{gone} before serving"})
                     return
@@ -115,13 +128,15 @@ class CoordinatorUrlTrigger(BaseTrigger):
         yield TriggerEvent({"status": "error", "message": message, "reason": "timeout"})
 
 
-class SessionRoundsTrigger(BaseTrigger):
+class SessionRoundsTrigger(_CoordinatorTrigger):
     """Follow the session round by round until FINISHED; fail fast on crash, stall or timeout.
 
     Logs each finished round with its metrics. ``deadline`` is the session's absolute end (epoch s);
     ``unreachable_timeout``: how long the status endpoint may not answer before the coordinator counts
     as crashed; ``stall_timeout``: how long without progress (a round finishing, a state change).
     """
+
+    _fields = ("deadline", "stall_timeout", "unreachable_timeout")
 
     def __init__(
         self,
@@ -133,28 +148,10 @@ class SessionRoundsTrigger(BaseTrigger):
         workload: dict[str, Any] | None = None,
         backend_conn_id: str | None = None,
     ) -> None:
-        super().__init__()
-        self.status_url = status_url.rstrip("/")
+        super().__init__(status_url, poll_interval, workload, backend_conn_id)
         self.deadline = deadline
         self.stall_timeout = stall_timeout
         self.unreachable_timeout = unreachable_timeout
-        self.poll_interval = poll_interval
-        self.workload = workload
-        self.backend_conn_id = backend_conn_id
-
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "status_url": self.status_url,
-                "deadline": self.deadline,
-                "stall_timeout": self.stall_timeout,
-                "unreachable_timeout": self.unreachable_timeout,
-                "poll_interval": self.poll_interval,
-                "workload": self.workload,
-                "backend_conn_id": self.backend_conn_id,
-            },
-        )
 
     def _error(self, message: str, status: dict[str, Any] | None) -> TriggerEvent:
         self.log.error(message)
@@ -173,7 +170,7 @@ class SessionRoundsTrigger(BaseTrigger):
                     return
                 current = await _get_json(client, f"{self.status_url}/status")
                 if current is None:
-                    gone = await workload_exit(self.workload, self.backend_conn_id)
+                    gone = await self._gone()
                     if gone:
                         yield self._error(f"{gone} during the session (crashed or killed)", status)
                         return

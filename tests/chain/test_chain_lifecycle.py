@@ -40,13 +40,16 @@ def test_full_lifecycle_moves_tokens_and_reruns_send_nothing(
     assert asset.tx_hash and asset.did == provider.did_for(seed, provider.address)
     assert consumer.get_did(asset.did).to_dict() == {**asset.to_dict(), "tx_hash": None}
 
-    agreement = consumer.create_compute_agreement(
-        consumer.agreement_seed(session, provider.address),
-        asset.did,
-        provider.address,
-        [7 * TOKEN, 3 * TOKEN],
-        receivers=[provider.address, coordinator],
-    )
+    def create_agreement() -> ComputeAgreement:
+        return consumer.create_compute_agreement(
+            consumer.agreement_seed(session, provider.address),
+            asset.did,
+            provider.address,
+            [7 * TOKEN, 3 * TOKEN],
+            receivers=[provider.address, coordinator],
+        )
+
+    agreement = create_agreement()
     assert agreement.tx_hash
     assert consumer.condition_states(agreement) == dict.fromkeys(("compute", "lock", "escrow"), "unfulfilled")
     escrow = agreement.escrow
@@ -71,13 +74,7 @@ def test_full_lifecycle_moves_tokens_and_reruns_send_nothing(
     # Every step re-run (an Airflow retry): same result, no transaction, no token moves.
     nonces = [tools.nonce(a) for a in (consumer.address, provider.address)]
     assert register_asset(provider, session).to_dict() == {**asset.to_dict(), "tx_hash": None}
-    again = consumer.create_compute_agreement(
-        consumer.agreement_seed(session, provider.address),
-        asset.did,
-        provider.address,
-        [7 * TOKEN, 3 * TOKEN],
-        receivers=[provider.address, coordinator],
-    )
+    again = create_agreement()
     assert again.to_dict() == {**agreement.to_dict(), "tx_hash": None}
     assert consumer.lock_payment(agreement) is None
     assert provider.fulfill_compute(agreement) is None

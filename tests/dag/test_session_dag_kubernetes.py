@@ -15,56 +15,32 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import real_cluster
 from dagstack import Stack, assert_no_secrets
 
-KUBECONFIG = os.environ.get("NVFL_TEST_KUBECONFIG")
-HOST_IP = os.environ.get("NVFL_TEST_K8S_HOST_IP")
 CONN_ID = "nvfl_k8s_dag"
 NAMES = ("coordinator", "provider-1", "provider-2", "provider-3")
 
-pytestmark = [
-    pytest.mark.skipif(
-        not KUBECONFIG,
-        reason="no Kubernetes cluster: set NVFL_TEST_KUBECONFIG (kind or k3s, see README '## Kubernetes')",
-    ),
-    pytest.mark.skipif(
-        bool(KUBECONFIG) and not HOST_IP,
-        reason="NVFL_TEST_K8S_HOST_IP not set: the address of this machine as the cluster's pods see it",
-    ),
-]
+pytestmark = real_cluster.REQUIRED
 
 
 @pytest.fixture(scope="module")
 def k8s_stack(stack: Stack) -> Iterator[Stack]:
     """The DAG stack with its storage on a SeaweedFS the pods reach, the shards uploaded there, and the
     providers' Kubernetes connection (NodePort: the triggerer here polls the coordinator's status)."""
-    import boto3
-
     from airflow_nevermined_fl.devstack import airflow, s3
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(s3, "HOST", HOST_IP)
-        s3_state = s3.up(stack.home / "s3-k8s", None)
-    extra = {
-        "kube_config_path": KUBECONFIG,
-        "namespace": os.environ.get("NVFL_TEST_K8S_NAMESPACE") or "default",
-        "nvfl": {"service_type": os.environ.get("NVFL_TEST_K8S_SERVICE_TYPE") or "NodePort"},
-    }
-    if os.environ.get("NVFL_TEST_K8S_CONTEXT"):
-        extra["cluster_context"] = os.environ["NVFL_TEST_K8S_CONTEXT"]
     key = f"AIRFLOW_CONN_{CONN_ID.upper()}"
-    os.environ[key] = json.dumps({"conn_type": "kubernetes", "extra": extra})
-    try:
-        client = boto3.client(
-            "s3", endpoint_url=s3_state["endpoint"], region_name="us-east-1", **s3.credentials(s3_state)
-        )
-        for i, shard in enumerate(stack.manifest["providers"]):
-            client.upload_file(shard["path"], s3_state["bucket"], f"data/provider-{i + 1}.npz")
-        conn_env = airflow.connection_env({"chain": stack.chain, "s3": s3_state})
-        yield dataclasses.replace(stack, s3=s3_state, conn_env=conn_env)
-    finally:
-        os.environ.pop(key, None)
-        s3.down(s3_state)
+    with real_cluster.seaweed(stack.home / "s3-k8s") as s3_state:
+        os.environ[key] = json.dumps({"conn_type": "kubernetes", "extra": real_cluster.connection_extra()})
+        try:
+            client = s3.client(s3_state)
+            for i, shard in enumerate(stack.manifest["providers"]):
+                client.upload_file(shard["path"], s3_state["bucket"], f"data/provider-{i + 1}.npz")
+            conn_env = airflow.connection_env({"chain": stack.chain, "s3": s3_state})
+            yield dataclasses.replace(stack, s3=s3_state, conn_env=conn_env)
+        finally:
+            os.environ.pop(key, None)
 
 
 def _k8s_conf(stack: Stack, participants: bool = True) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Docker fixtures: a reachable engine (else skip), the images (cached by content hash), S3, data shards."""
+"""Docker fixtures: a reachable engine (else skip), the images (cached by content hash), data shards."""
 
 from __future__ import annotations
 
@@ -42,15 +42,6 @@ def runtime_image(engine: Any) -> str:
 
 
 @pytest.fixture(scope="session")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    state = s3.up(tmp_path_factory.mktemp("seaweed"), None)
-    try:
-        yield state
-    finally:
-        s3.down(state)
-
-
-@pytest.fixture(scope="session")
 def shards(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Digits in 2 IID shards, in a directory the containers' user may read (mounted read-only)."""
     out = tmp_path_factory.mktemp("docker-shards")
@@ -88,14 +79,14 @@ def bare_session(
 
     def make(coordinator: Any, participants: Any, **overrides: Any) -> BareSession:
         run_id = f"t-{uuid.uuid4().hex[:10]}"
-        session = BareSession(
+        session = BareSession.on_devstack_s3(
+            seaweed,
+            f"t/{run_id}",
             coordinator_launcher=coordinator,
             participant_launcher=participants,
-            storage={"endpoint": seaweed["endpoint"], "bucket": seaweed["bucket"], "prefix": f"t/{run_id}"},
-            secret_env=s3.env(seaweed),
             shards=[p["path"] for p in shards["providers"]],
             run_id=run_id,
-            model={"name": "softmax", **{k: shards[k] for k in ("num_features", "num_classes")}},
+            model=data.softmax_model(shards),
             image=runtime_image,
         )
         for key, value in overrides.items():

@@ -26,56 +26,32 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import real_cluster
 
 from airflow_nevermined_fl import __version__, data, ddo
 from airflow_nevermined_fl.launchers import Labels, Launcher, WorkloadSpec, get_launcher
 from airflow_nevermined_fl.launchers.kubernetes import KubernetesLauncher
 
-KUBECONFIG = os.environ.get("NVFL_TEST_KUBECONFIG")
-HOST_IP = os.environ.get("NVFL_TEST_K8S_HOST_IP")
 IMAGE = os.environ.get("NVFL_TEST_K8S_IMAGE") or f"{ddo.RUNTIME_IMAGE}:{__version__}"
 
-pytestmark = [
-    pytest.mark.skipif(
-        not KUBECONFIG,
-        reason="no Kubernetes cluster: set NVFL_TEST_KUBECONFIG (kind or k3s, see README '## Kubernetes')",
-    ),
-    pytest.mark.skipif(
-        bool(KUBECONFIG) and not HOST_IP,
-        reason="NVFL_TEST_K8S_HOST_IP not set: the address of this machine as the cluster's pods see it",
-    ),
-]
+pytestmark = real_cluster.REQUIRED
 
 
 @pytest.fixture(scope="module")
 def cluster_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """The devstack SeaweedFS, bound to the address the pods reach (instead of 127.0.0.1)."""
-    from airflow_nevermined_fl.devstack import s3
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(s3, "HOST", HOST_IP)
-        state = s3.up(tmp_path_factory.mktemp("seaweed-k8s"), None)
-        try:
-            yield state
-        finally:
-            s3.down(state)
+    with real_cluster.seaweed(tmp_path_factory.mktemp("seaweed-k8s")) as state:
+        yield state
 
 
 @pytest.fixture
 def launcher(k8s_conn: Callable[..., str]) -> KubernetesLauncher:
-    extras: dict[str, Any] = {
-        "kube_config_path": KUBECONFIG,
-        "namespace": os.environ.get("NVFL_TEST_K8S_NAMESPACE") or "default",
-        "nvfl": {
-            "service_type": os.environ.get("NVFL_TEST_K8S_SERVICE_TYPE") or "NodePort",
-            "image_pull_policy": "IfNotPresent",
-            "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}},
-            "active_deadline_seconds": 1800,
-            "load_balancer_timeout": 180,
-        },
-    }
-    if os.environ.get("NVFL_TEST_K8S_CONTEXT"):
-        extras["cluster_context"] = os.environ["NVFL_TEST_K8S_CONTEXT"]
+    extras = real_cluster.connection_extra(
+        image_pull_policy="IfNotPresent",
+        resources={"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}},
+        active_deadline_seconds=1800,
+        load_balancer_timeout=180,
+    )
     launcher = get_launcher("kubernetes", k8s_conn("nvfl_k8s_cluster", **extras))
     assert isinstance(launcher, KubernetesLauncher)
     return launcher
@@ -100,13 +76,9 @@ def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
 @pytest.fixture(scope="module")
 def s3_shards(cluster_s3: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     """Two IID digits shards uploaded to the S3 the pods reach: datasets the participants fetch."""
-    import boto3
-
     from airflow_nevermined_fl.devstack import s3
 
-    client = boto3.client(
-        "s3", endpoint_url=cluster_s3["endpoint"], region_name="us-east-1", **s3.credentials(cluster_s3)
-    )
+    client = s3.client(cluster_s3)
     manifest = data.partition(tmp_path_factory.mktemp("k8s-shards"), 2, "iid", 0.5, 0.2, 0)
     urls = []
     for i, shard in enumerate(manifest["providers"]):
@@ -118,19 +90,14 @@ def s3_shards(cluster_s3: dict[str, Any], tmp_path_factory: pytest.TempPathFacto
 def _session(
     coordinator: Launcher, participants: Launcher, cluster_s3: dict[str, Any], shards: list[str]
 ) -> Any:
-    from airflow_nevermined_fl.devstack import s3
     from airflow_nevermined_fl.launchers.bare import BareSession
 
     run_id = f"k8s-{uuid.uuid4().hex[:8]}"
-    return BareSession(
+    return BareSession.on_devstack_s3(
+        cluster_s3,
+        f"k8s-test/{run_id}",
         coordinator_launcher=coordinator,
         participant_launcher=participants,
-        storage={
-            "endpoint": cluster_s3["endpoint"],
-            "bucket": cluster_s3["bucket"],
-            "prefix": f"k8s-test/{run_id}",
-        },
-        secret_env=s3.env(cluster_s3),
         shards=shards,
         run_id=run_id,
         model={"name": "softmax", "num_features": 64, "num_classes": 10},

@@ -1,9 +1,9 @@
-"""Runtime fixtures: the FL venv, one real SeaweedFS for the whole session (free ports), demo shards."""
+"""Runtime fixtures: the FL venv, S3 access to the shared SeaweedFS (``seaweed``), demo shards."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +22,6 @@ def fl_python() -> Path:
 
 
 @pytest.fixture(scope="session")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    state = s3.up(tmp_path_factory.mktemp("seaweed"), None)
-    try:
-        yield state
-    finally:
-        s3.down(state)
-
-
-@pytest.fixture(scope="session")
 def s3_env(seaweed: dict[str, Any]) -> dict[str, str]:
     """Environment of runtime processes: the generated keys and the endpoint."""
     return s3.env(seaweed)
@@ -38,10 +29,7 @@ def s3_env(seaweed: dict[str, Any]) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def s3_client(seaweed: dict[str, Any]) -> Any:
-    import boto3
-
-    endpoint = seaweed["endpoint"]
-    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **s3.credentials(seaweed))
+    return s3.client(seaweed)
 
 
 @pytest.fixture(scope="session")

@@ -7,13 +7,12 @@ Unpickling its upload writes MARKER; the test asserts the marker never appears o
 
 from __future__ import annotations
 
-import os
 import pickle
 import sys
 
 import numpy as np
+from sdk_config import sdk_config
 from xain_sdk import participant_state_machine as psm
-from xain_sdk.config import Config
 from xain_sdk.participant import Participant
 from xain_sdk.store import S3LocalWeightsWriter
 
@@ -51,17 +50,7 @@ def main() -> None:
     EvilWriter.marker = marker
     psm.S3LocalWeightsWriter = EvilWriter
     psm.HEARTBEAT_TIME = float(heartbeat)
-    config = Config.from_unchecked_dict(
-        {
-            "coordinator": {"host": host, "port": int(port)},
-            "storage": {
-                "endpoint": endpoint,
-                "bucket": bucket,
-                "access_key_id": os.environ["AWS_ACCESS_KEY_ID"],
-                "secret_access_key": os.environ["AWS_SECRET_ACCESS_KEY"],
-            },
-        }
-    )
+    config = sdk_config(host, port, endpoint, bucket)
     psm.start_participant(Honest(), config)
 
 

@@ -8,11 +8,10 @@ unmodified SDK clients (10 s heartbeat, pickled weights at the bucket root).
 
 from __future__ import annotations
 
-import os
 import sys
 
 import numpy as np
-from xain_sdk.config import Config
+from sdk_config import sdk_config
 from xain_sdk.participant import Participant
 from xain_sdk.participant_state_machine import start_participant
 
@@ -48,18 +47,7 @@ class LinearSoftmax(Participant):
 
 def main() -> None:
     host, port, endpoint, bucket, data = sys.argv[1:6]
-    config = Config.from_unchecked_dict(
-        {
-            "coordinator": {"host": host, "port": int(port)},
-            "storage": {
-                "endpoint": endpoint,
-                "bucket": bucket,
-                "access_key_id": os.environ["AWS_ACCESS_KEY_ID"],
-                "secret_access_key": os.environ["AWS_SECRET_ACCESS_KEY"],
-            },
-            "logging": {"level": "info"},
-        }
-    )
+    config = sdk_config(host, port, endpoint, bucket, logging={"level": "info"})
     start_participant(LinearSoftmax(data), config)
 
 

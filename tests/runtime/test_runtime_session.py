@@ -12,7 +12,8 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,47 @@ def _participants(
         )
         for i in range(count)
     ]
+
+
+@contextmanager
+def _session(
+    config: dict[str, Any],
+    shards: dict[str, Any],
+    workdir: Path,
+    env: dict[str, str],
+    extra: tuple[str, ...] = (),
+) -> Iterator[tuple[Coordinator, list[RuntimeProcess]]]:
+    """A coordinator for ``config`` and three participants on its storage; every process stopped on exit."""
+    storage_url = f"s3://{config['storage']['bucket']}/{config['storage']['prefix']}"
+    coordinator = start_coordinator(config, workdir, env)
+    procs = [coordinator.process]
+    try:
+        participants = _participants(coordinator, shards, storage_url, workdir, env, extra=extra)
+        procs += participants
+        yield coordinator, participants
+    finally:
+        _stop_all(procs)
+
+
+def _sdk_storage(s3_client: Any, seaweed: dict[str, Any], name: str) -> dict[str, str]:
+    """A fresh bucket ``<name>-<hex>`` laid out as stock xain-sdk clients use it (weights at its root)."""
+    bucket = f"{name}-{uuid.uuid4().hex[:8]}"
+    s3_client.create_bucket(Bucket=bucket)
+    return {"endpoint": seaweed["endpoint"], "bucket": bucket, "prefix": ""}
+
+
+def _start_sdk_client(
+    name: str,
+    coordinator: Coordinator,
+    storage: dict[str, str],
+    args: list[str],
+    workdir: Path,
+    env: dict[str, str],
+) -> RuntimeProcess:
+    """``<name>_participant.py`` (a stock xain-sdk client) against ``coordinator``, weights in ``storage``."""
+    host, port = coordinator.grpc.split(":")
+    argv = [str(HERE / f"{name}_participant.py"), host, port, storage["endpoint"], storage["bucket"], *args]
+    return RuntimeProcess.start(name, argv, workdir / f"{name}.log", runtime_env(env))
 
 
 def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -130,13 +172,8 @@ def test_warm_start_begins_from_the_initial_model(
     tmp_path: Path,
 ) -> None:
     config = make_config(rounds=1, epochs=1, initial_model=finished["model"]["url"])
-    coordinator = start_coordinator(config, tmp_path, s3_env)
-    procs = [coordinator.process]
-    try:
-        procs += _participants(coordinator, shards, f"s3://{seaweed['bucket']}/{prefix}", tmp_path, s3_env)
+    with _session(config, shards, tmp_path, s3_env) as (coordinator, _):
         status = wait_ended(coordinator, 60)
-    finally:
-        _stop_all(procs)
     assert status["state"] == "FINISHED"
     initial = s3_client.get_object(Bucket=seaweed["bucket"], Key=f"{prefix}/0/global")["Body"].read()
     final_key = finished["model"]["url"].split("/", 3)[3]
@@ -158,8 +195,8 @@ def test_stock_xain_sdk_participant_joins_and_finishes(
     fl_python: Path,
     tmp_path: Path,
 ) -> None:
-    bucket = f"stock-{uuid.uuid4().hex[:8]}"
-    s3_client.create_bucket(Bucket=bucket)
+    storage = _sdk_storage(s3_client, seaweed, "stock")
+    bucket = storage["bucket"]
     config = make_config(
         rounds=2,
         epochs=1,
@@ -167,16 +204,11 @@ def test_stock_xain_sdk_participant_joins_and_finishes(
         heartbeat_period=10,  # the SDK's fixed HEARTBEAT_TIME
         heartbeat_timeout=5,
         linger=12,
-        storage={"endpoint": seaweed["endpoint"], "bucket": bucket, "prefix": ""},  # stock SDK: no prefix
+        storage=storage,  # stock SDK: no prefix
     )
     coordinator = start_coordinator(config, tmp_path, s3_env)
-    host, port = coordinator.grpc.split(":")
-    stock_args = [str(HERE / "stock_participant.py"), host, port, seaweed["endpoint"], bucket]
-    stock = RuntimeProcess.start(
-        "stock",
-        [*stock_args, shards["providers"][0]["path"]],
-        tmp_path / "stock.log",
-        runtime_env(s3_env),
+    stock = _start_sdk_client(
+        "stock", coordinator, storage, [shards["providers"][0]["path"]], tmp_path, s3_env
     )
     ours = start_participant(
         "ours", coordinator.grpc, shards["providers"][1]["path"], f"s3://{bucket}", tmp_path, s3_env
@@ -204,17 +236,10 @@ def test_malicious_pickle_is_refused_not_executed_and_session_finishes(
     tmp_path: Path,
 ) -> None:
     marker = tmp_path / "executed-marker"
-    bucket = f"evil-{uuid.uuid4().hex[:8]}"
-    s3_client.create_bucket(Bucket=bucket)
-    storage = {"endpoint": seaweed["endpoint"], "bucket": bucket, "prefix": ""}  # the SDK's layout
+    storage = _sdk_storage(s3_client, seaweed, "evil")
+    bucket = storage["bucket"]
     coordinator = start_coordinator(make_config(min_participants=2, storage=storage), tmp_path, s3_env)
-    host, port = coordinator.grpc.split(":")
-    evil = RuntimeProcess.start(
-        "evil",
-        [str(HERE / "evil_participant.py"), host, port, seaweed["endpoint"], bucket, str(marker), "0.5"],
-        tmp_path / "evil.log",
-        runtime_env(s3_env),
-    )
+    evil = _start_sdk_client("evil", coordinator, storage, [str(marker), "0.5"], tmp_path, s3_env)
     procs = [coordinator.process, evil]
     try:
         _wait_for(lambda: coordinator.status()["participants"]["connected"] == 1, 30, "evil joined")
@@ -243,60 +268,30 @@ def _kill_accepted_participant(coordinator: Coordinator, procs: list[RuntimeProc
 
 
 def test_killed_participant_is_replaced_by_a_spare_and_session_finishes(
-    make_config: Callable[..., dict[str, Any]],
-    prefix: str,
-    shards: dict[str, Any],
-    seaweed: dict[str, Any],
-    s3_env: dict[str, str],
-    tmp_path: Path,
+    make_config: Callable[..., dict[str, Any]], shards: dict[str, Any], s3_env: dict[str, str], tmp_path: Path
 ) -> None:
     config = make_config(rounds=6, epochs=1, min_participants=2, heartbeat_timeout=2)
-    coordinator = start_coordinator(config, tmp_path, s3_env)
-    procs = [coordinator.process]
-    try:
-        participants = _participants(
-            coordinator, shards, f"s3://{seaweed['bucket']}/{prefix}", tmp_path, s3_env
-        )
-        procs += participants
+    with _session(config, shards, tmp_path, s3_env) as (coordinator, participants):
         victim = _kill_accepted_participant(coordinator, participants)
         status = wait_ended(coordinator, 90)
         codes = {p.name: p.wait(30) for p in participants}
-    finally:
-        _stop_all(procs)
     assert status["state"] == "FINISHED" and status["rounds_completed"] == 6
     assert codes.pop(victim.name) == -signal.SIGKILL
     assert list(codes.values()) == [0, 0]
 
 
 def test_killed_participant_without_spare_fails_within_stall_time(
-    make_config: Callable[..., dict[str, Any]],
-    prefix: str,
-    shards: dict[str, Any],
-    seaweed: dict[str, Any],
-    s3_env: dict[str, str],
-    tmp_path: Path,
+    make_config: Callable[..., dict[str, Any]], shards: dict[str, Any], s3_env: dict[str, str], tmp_path: Path
 ) -> None:
     config = make_config(rounds=20, epochs=1, heartbeat_timeout=2, stall_timeout=4, linger=1)
-    coordinator = start_coordinator(config, tmp_path, s3_env)
-    procs = [coordinator.process]
-    try:
-        participants = _participants(
-            coordinator,
-            shards,
-            f"s3://{seaweed['bucket']}/{prefix}",
-            tmp_path,
-            s3_env,
-            extra=("--connect-timeout", "3"),
-        )
-        procs += participants
+    extra = ("--connect-timeout", "3")
+    with _session(config, shards, tmp_path, s3_env, extra) as (coordinator, participants):
         victim = _kill_accepted_participant(coordinator, participants)
         killed_at = time.monotonic()
         status = wait_ended(coordinator, 60)
         elapsed = time.monotonic() - killed_at
         coordinator_code = coordinator.process.wait(30)
         codes = {p.name: p.wait(30) for p in participants if p is not victim}
-    finally:
-        _stop_all(procs)
     assert status["state"] == "FAILED" and status["rounds_completed"] < 20
     assert (
         "no progress for 4s" in status["reason"]
