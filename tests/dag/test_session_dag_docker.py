@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from dagstack import SUMMARY_PREFIX, Stack, assert_no_secrets
+from docker_engine import engine_or_skip, engine_url
 
 from airflow_nevermined_fl import images
 from airflow_nevermined_fl.launchers.docker import LABEL, connection_json
@@ -26,17 +27,11 @@ def engine(request: pytest.FixtureRequest) -> Iterator[Any]:
     """The engine at $DOCKER_HOST with the runtime image built (cached), and the providers' Docker
     connection (data dir mounted read-only at the same path) in the environment of the runs. Checks the
     engine before asking for the (expensive) stack."""
-    from docker.errors import DockerException
-
-    try:
-        client = images.local_engine()
-        client.ping()
-    except (DockerException, OSError) as exc:
-        pytest.skip(f"no Docker engine at $DOCKER_HOST (.ci/run starts one): {exc}")
+    client = engine_or_skip()
     images.build_all(client)
     stack: Stack = request.getfixturevalue("stack")
     data_dir = str(Path(stack.manifest["providers"][0]["path"]).parent)
-    url = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    url = engine_url()
     key = f"AIRFLOW_CONN_{CONN_ID.upper()}"
     os.environ[key] = connection_json(docker_url=url, mounts=[f"{data_dir}:{data_dir}:ro"])
     yield client

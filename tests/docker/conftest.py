@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from docker_engine import engine_or_skip, engine_url
 
 from airflow_nevermined_fl import data, images, runtime_env
 from airflow_nevermined_fl.devstack import s3
@@ -18,21 +19,10 @@ from airflow_nevermined_fl.launchers.local import LocalLauncher
 DOCKER_CONN_ID = "nvfl_docker_test"
 
 
-def engine_url() -> str:
-    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-
-
 @pytest.fixture(scope="session")
 def engine() -> Any:
     """A client of the engine at $DOCKER_HOST; skips every Docker test when none answers."""
-    from docker.errors import DockerException
-
-    try:
-        client = images.local_engine()
-        client.ping()
-    except (DockerException, OSError) as exc:
-        pytest.skip(f"no Docker engine at {engine_url()} (set DOCKER_HOST; .ci/run starts one): {exc}")
-    return client
+    return engine_or_skip()
 
 
 @pytest.fixture(scope="session")
