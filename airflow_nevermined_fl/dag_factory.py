@@ -1,12 +1,13 @@
 """The FL session DAG: one run = one Federated Learning session on Nevermined Compute-to-Data.
 
-validate -> lock_coordinator_payment -> lock_payment (mapped: data providers) -> publish_workflow
+validate -> lock_coordinator_payment + lock_payment (mapped: data providers) -> publish_workflow
 -> start_coordinator -> wait_for_coordinator (deferred) -> start_participants (mapped: data providers)
 -> wait_for_rounds (deferred) -> publish_model (compute fulfilled, escrow released) ; teardown (a
 teardown task: stops everything, refunds on failure).
 
-Consumer transactions must not overlap (one nonce sequence per account): the lock steps run one at a
-time per DAG; DAGs sharing a consumer account should share a one-slot pool.
+The lock steps run in parallel: the consumer's transactions (one nonce sequence and one ERC20 allowance
+per account) are serialized by the account's file lock in NeverminedHook, across the task processes of
+one host. Workers on several hosts sharing a consumer account need a one-slot pool per account.
 """
 
 from __future__ import annotations
@@ -55,15 +56,10 @@ def fl_session_dag(
             task_id="lock_coordinator_payment",
             session=session,
             provider=session["coordinator"],
-            max_active_tis_per_dag=1,
         )
         lock = LockPaymentOperator.partial(
-            task_id="lock_payment",
-            session=session,
-            map_index_template="{{ task.provider['name'] }}",
-            max_active_tis_per_dag=1,
+            task_id="lock_payment", session=session, map_index_template="{{ task.provider['name'] }}"
         ).expand(provider=data_providers)
-        lock_coordinator >> lock
         payments = [lock_coordinator.output, lock.output]
         publish = PublishWorkflowOperator(task_id="publish_workflow", session=session, payments=payments)
         start = StartCoordinatorOperator(

@@ -2,13 +2,16 @@
 
 One run, side by side on one embedded stack (chain, S3, Airflow on 127.0.0.1, in a temporary NVFL_HOME):
   1. the session bare: ``nvfl session local`` (coordinator + participants, no Airflow, no chain);
-  2. the same session (data split, rounds, epochs, heartbeat) as a DAG run triggered over REST, twice:
-     the first run on a fresh Airflow (workers warming up) and the measured, second one;
+  2. the same session (data split, rounds, epochs, heartbeat) as a DAG run triggered over REST: a first
+     run on a fresh Airflow (workers warming up), then ``--repeat`` pairs of bare and Airflow sessions,
+     interleaved; the figures are the medians;
   3. worker slots held while the session waits, with 3 and with 12 participants: task instances in
      state ``running`` sampled while ``wait_for_rounds`` is deferred.
-Prints the figures and the overhead (Airflow wall time minus bare wall time) as JSON.
+Prints the figures and the overhead (Airflow wall time minus bare wall time) as JSON, and per task of the
+measured run the seconds from the run's start to its queueing, start and end (task instances from REST;
+``--tasks`` prints them).
 
-Usage: .venv/bin/python bench/orchestration.py [--rounds 3]
+Usage: .venv/bin/python bench/orchestration.py [--rounds 3] [--repeat 3] [--tasks] [--slots 3,12] [--keep]
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -60,26 +64,53 @@ def session_conf(manifest: dict[str, Any], rounds: int) -> dict[str, Any]:
     return conf
 
 
-def airflow_session(client: Any, conf: dict[str, Any], poll: float = 0.5) -> dict[str, Any]:
-    """Trigger over REST, sample task states until the run ends; wall time and slots while waiting."""
+def _at(stamp: str | None, origin: datetime) -> float | None:
+    return None if stamp is None else round((datetime.fromisoformat(stamp) - origin).total_seconds(), 2)
+
+
+def task_timeline(run: dict[str, Any], tis: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per task instance: seconds from the run's start to queued, start and end, and its try number."""
+    origin = datetime.fromisoformat(run["start_date"])
+    rows = [
+        {
+            "task": ti["task_id"] + (f"[{ti['map_index']}]" if ti["map_index"] >= 0 else ""),
+            "queued": _at(ti.get("queued_when"), origin),
+            "start": _at(ti.get("start_date"), origin),
+            "end": _at(ti.get("end_date"), origin),
+            "try": ti.get("try_number"),
+        }
+        for ti in tis
+    ]
+    queued, end = _at(run.get("queued_at"), origin), _at(run["end_date"], origin)
+    rows.append({"task": "(run)", "queued": queued, "start": 0.0, "end": end, "try": None})
+    return sorted(rows, key=lambda r: (r["start"] is None, r["start"] or 0.0))
+
+
+def airflow_session(
+    client: Any, conf: dict[str, Any], poll: float = 0.2, sample_every: float = 0.5
+) -> dict[str, Any]:
+    """Trigger over REST, poll the run's state every ``poll`` s until it ends (its wall time) and sample
+    the task states every ``sample_every`` s (slots held while waiting)."""
     started = time.monotonic()
     run_id = client.trigger("fl_session", conf)["dag_run_id"]
     running_while_waiting: list[int] = []
-    deferred_s = 0.0
+    next_sample = started
     while True:
         state = client.run("fl_session", run_id)["state"]
         if state in ("success", "failed"):
             break
-        tis = client.task_instances("fl_session", run_id)
-        waiting = any(ti["task_id"] == "wait_for_rounds" and ti["state"] == "deferred" for ti in tis)
-        if waiting:
-            running_while_waiting.append(sum(ti["state"] == "running" for ti in tis))
-            deferred_s += poll
+        if time.monotonic() >= next_sample:
+            next_sample += sample_every
+            tis = client.task_instances("fl_session", run_id)
+            if any(ti["task_id"] == "wait_for_rounds" and ti["state"] == "deferred" for ti in tis):
+                running_while_waiting.append(sum(ti["state"] == "running" for ti in tis))
         time.sleep(poll)
     wall = time.monotonic() - started
     assert state == "success", f"run {run_id} {state}"
+    timeline = task_timeline(client.run("fl_session", run_id), client.task_instances("fl_session", run_id))
     return {
         "wall_s": wall,
+        "tasks": timeline,
         "samples_while_waiting": len(running_while_waiting),
         "max_running_while_waiting": max(running_while_waiting, default=0),
         "mean_running_while_waiting": statistics.fmean(running_while_waiting)
@@ -91,7 +122,14 @@ def airflow_session(client: Any, conf: dict[str, Any], poll: float = 0.5) -> dic
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tasks", action="store_true", help="print the measured run's task timeline")
+    parser.add_argument("--slots", default="3,12", help="participant counts of the slot runs (3 always)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary NVFL_HOME (logs)")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="bare/Airflow pairs of the 3-participant session"
+    )
     args = parser.parse_args()
+    counts = sorted({3, *(int(n) for n in args.slots.split(","))})
     home = Path(tempfile.mkdtemp(prefix="nvfl-bench-"))
     os.environ["NVFL_HOME"] = str(home)
     from airflow_nevermined_fl import data, devstack
@@ -100,34 +138,60 @@ def main() -> int:
 
     try:
         status = devstack.up()
-        bare = bare_session(3, args.rounds)
         manifests = {
-            n: data.partition(home / "data" / f"bench-{n}", n, scheme="non-iid", seed=0) for n in (3, 12)
+            n: data.partition(home / "data" / f"bench-{n}", n, scheme="non-iid", seed=0) for n in counts
         }
         state = devstack.load_state()
         client = AirflowClient(status["airflow_url"], airflow.USER, airflow.password(state["airflow"]))
         client.wait_dag("fl_session")
         cold = airflow_session(client, session_conf(manifests[3], args.rounds))  # first run: workers warm up
-        slots = {n: airflow_session(client, session_conf(manifests[n], args.rounds)) for n in (3, 12)}
+        bare, runs = [], []
+        for _ in range(args.repeat):  # interleaved, so load drifting on the machine affects both alike
+            bare.append(bare_session(3, args.rounds))
+            runs.append(airflow_session(client, session_conf(manifests[3], args.rounds)))
+        slots = {
+            n: airflow_session(client, session_conf(manifests[n], args.rounds)) for n in counts if n != 3
+        }
         client.close()
     finally:
         devstack.down()
-        shutil.rmtree(home, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(home, ignore_errors=True)
+    bare_s = statistics.median(b["session_wall_s"] for b in bare)
+    bare_command_s = statistics.median(b["command_wall_s"] for b in bare)
+    median_run = sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2]
+    airflow_s = median_run["wall_s"]
+    slots = {
+        3: {**median_run, "samples_while_waiting": sum(r["samples_while_waiting"] for r in runs)},
+        **slots,
+    }
+    slots[3]["max_running_while_waiting"] = max(r["max_running_while_waiting"] for r in runs)
+    slots[3]["mean_running_while_waiting"] = statistics.fmean(r["mean_running_while_waiting"] for r in runs)
     result = {
+        **({"nvfl_home": str(home)} if args.keep else {}),
         "rounds": args.rounds,
         "heartbeat_s": HEARTBEAT,
-        "bare_session_wall_s": round(bare["session_wall_s"], 2),
-        "bare_command_wall_s": round(bare["command_wall_s"], 2),
-        "airflow_session_wall_s": round(slots[3]["wall_s"], 2),
+        "repeat": args.repeat,
+        "bare_session_wall_s": round(bare_s, 2),
+        "bare_command_wall_s": round(bare_command_s, 2),
+        "airflow_session_wall_s": round(airflow_s, 2),
         "airflow_first_session_wall_s": round(cold["wall_s"], 2),
-        "orchestration_overhead_s": round(slots[3]["wall_s"] - bare["session_wall_s"], 2),
-        "overhead_vs_bare_command_s": round(slots[3]["wall_s"] - bare["command_wall_s"], 2),
-        "airflow_to_bare_ratio": round(slots[3]["wall_s"] / bare["session_wall_s"], 2),
+        "orchestration_overhead_s": round(airflow_s - bare_s, 2),
+        "overhead_vs_bare_command_s": round(airflow_s - bare_command_s, 2),
+        "airflow_to_bare_ratio": round(airflow_s / bare_s, 2),
+        "samples": {
+            "bare_session_wall_s": [round(b["session_wall_s"], 2) for b in bare],
+            "airflow_session_wall_s": [round(r["wall_s"], 2) for r in runs],
+        },
         "slots": {
-            f"{n}_participants": {k: (round(v, 2) if isinstance(v, float) else v) for k, v in s.items()}
+            f"{n}_participants": {
+                k: (round(v, 2) if isinstance(v, float) else v) for k, v in s.items() if k != "tasks"
+            }
             for n, s in slots.items()
         },
     }
+    if args.tasks:
+        result["tasks"] = {"first_run": cold["tasks"], "measured_run": median_run["tasks"]}
     print(json.dumps(result, indent=2))
     return 0
 

@@ -10,13 +10,16 @@ the same result (``tx_hash`` None). Bad input raises :class:`InvalidInputError` 
 step the chain state does not allow (yet) raises :class:`StateError`; a revert raises
 :class:`TxRevertedError` naming contract, function and reason.
 
-The same account must not send transactions from two tasks at once (nonces would collide): run one
-actor's steps sequentially (e.g. an Airflow pool of one slot per actor).
+One account's transactions never overlap between the processes of one host: each transaction, and the
+consumer's check-approve-lock sequence as a whole, holds the account's file lock
+(:mod:`~airflow_nevermined_fl.contracts.account_lock`), so tasks of one actor may run in parallel there.
+Workers on several hosts sharing one account need an Airflow pool of one slot per actor instead.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -25,6 +28,7 @@ from eth_abi import encode
 from web3 import Web3
 from web3.contract import Contract
 
+from airflow_nevermined_fl.contracts.account_lock import account_lock
 from airflow_nevermined_fl.contracts.client import Signer, account_from_key, connect
 from airflow_nevermined_fl.contracts.deployment import Deployment, load_deployment
 from airflow_nevermined_fl.contracts.errors import ChainError, DeploymentError, InvalidInputError
@@ -178,6 +182,7 @@ class NeverminedHook(BaseHook):
         self._signer: Signer | None = None
         self._deployment: Deployment | None = None
         self._contracts: dict[str, Contract] = {}
+        self._chain_id = 0
 
     def __repr__(self) -> str:
         return f"NeverminedHook(nevermined_conn_id={self.nevermined_conn_id!r})"
@@ -220,7 +225,7 @@ class NeverminedHook(BaseHook):
                     f"{where}: no contract code for {name} at {deployment.addresses[name]} on {rpc_url}"
                 )
         self._deployment = deployment
-        self._contracts = {name: deployment.contract(w3, name) for name in HOOK_CONTRACTS}
+        self._chain_id = chain_id
         self._signer = Signer(w3, account)
         return self._signer
 
@@ -258,7 +263,11 @@ class NeverminedHook(BaseHook):
         return self.get_conn().address
 
     def _c(self, name: str) -> Contract:
-        self.get_conn()
+        """The contract object, built on first use (building all of them costs ~40 ms per hook)."""
+        signer = self.get_conn()
+        if name not in self._contracts:
+            assert self._deployment is not None
+            self._contracts[name] = self._deployment.contract(signer.w3, name)
         return self._contracts[name]
 
     def _addr(self, name: str) -> str:
@@ -266,8 +275,16 @@ class NeverminedHook(BaseHook):
         assert self._deployment is not None
         return self._deployment.addresses[name]
 
+    @contextmanager
+    def account_lock(self) -> Iterator[None]:
+        """This account alone on this chain (across the processes of this host) for the ``with`` body."""
+        signer = self.get_conn()
+        with account_lock(self._chain_id, signer.address):
+            yield
+
     def _tx(self, name: str, function: str, *args: Any) -> str:
-        receipt = self.get_conn().transact(self._c(name), name, function, *args)
+        with self.account_lock():
+            receipt = self.get_conn().transact(self._c(name), name, function, *args)
         tx_hash = receipt["transactionHash"].to_0x_hex()
         self.log.info("%s.%s mined in block %s (tx %s)", name, function, receipt["blockNumber"], tx_hash)
         return tx_hash
@@ -508,10 +525,17 @@ class NeverminedHook(BaseHook):
             )
 
     def lock_payment(self, agreement: ComputeAgreement | dict[str, Any]) -> str | None:
-        """Approve the tokens and fulfill LockPaymentCondition (consumer's hook). None when already locked."""
+        """Approve the tokens and fulfill LockPaymentCondition (consumer's hook). None when already locked.
+
+        Check, approve and fulfill run under the account lock: a concurrent lock of another agreement
+        cannot spend this approval, and a retry approves only when the allowance is below this total."""
         a = self._checked(agreement)
         if a.consumer != self.address:
             raise InvalidInputError(f"agreement.consumer: {a.consumer} is not this connection's account")
+        with self.account_lock():
+            return self._lock_payment(a)
+
+    def _lock_payment(self, a: ComputeAgreement) -> str | None:
         states = self.condition_states(a)
         if states["lock"] == "fulfilled":
             return None

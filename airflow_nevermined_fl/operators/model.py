@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowFailException
@@ -63,7 +64,10 @@ class PublishModelOperator(SessionOperator):
         provenance = consumer.record_provenance(model_did, derived_from, "fl-session")
         provenance_tx = [entry["tx_hash"] for entry in provenance if entry["tx_hash"]]
         self.log.info("model %s registered (tx %s), derived from %s", model_did, record.tx_hash, derived_from)
-        released = {p["name"]: complete(p) for p in as_list(self.payments)}
+        payments = as_list(self.payments)
+        # Each provider's own account fulfils and releases: independent transactions, sent side by side.
+        with ThreadPoolExecutor(max_workers=min(8, len(payments) or 1)) as pool:
+            released = dict(zip([p["name"] for p in payments], pool.map(complete, payments), strict=True))
         for name, txs in released.items():
             self.log.info(
                 "%s: compute fulfilled (tx %s), escrow released (tx %s)", name, txs["compute"], txs["release"]
