@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_nevermined_fl import ddo
-from airflow_nevermined_fl.operators.base import SessionOperator, as_list, metadata_store, nevermined, storage
+from airflow_nevermined_fl.operators.base import SessionOperator, as_list, metadata_store, nevermined
 from airflow_nevermined_fl.operators.payment import complete
 from airflow_nevermined_fl.operators.workflow import latest_model_key
 
@@ -41,7 +41,8 @@ class PublishModelOperator(SessionOperator):
         reported = self.result.get("model") or {}
         if not reported.get("url") or not reported.get("sha256"):
             raise AirflowFailException(f"coordinator reported no final model: {reported}")
-        store = storage(conf["storage_conn_id"])
+        mstore = metadata_store(conf["storage_conn_id"])
+        store = mstore.storage
         data = store.get_bytes(reported["url"])
         sha256 = hashlib.sha256(data).hexdigest()
         if sha256 != reported["sha256"].removeprefix("0x").lower():
@@ -57,7 +58,6 @@ class PublishModelOperator(SessionOperator):
         )
         seed = consumer.did_seed(self.session_id, "model")
         model_did = consumer.did_for(seed, consumer.address)
-        mstore = metadata_store(conf["storage_conn_id"])
         if not (mstore.exists(model_did) and ddo.ddo_checksum(mstore.get(model_did)) == ddo.checksum(main)):
             mstore.put(ddo.build(model_did, consumer.address, main, {"sessionId": self.session_id}))
         record = consumer.register_did(seed, ddo.checksum(main), [], mstore.url(model_did))

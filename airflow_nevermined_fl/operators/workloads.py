@@ -16,7 +16,6 @@ from airflow_nevermined_fl.operators.base import (
     launcher,
     metadata_store,
     nevermined,
-    storage,
 )
 from airflow_nevermined_fl.operators.payment import gateway_check, refund
 
@@ -107,10 +106,9 @@ class StartCoordinatorOperator(SessionOperator):
         payment = by_name(as_list(self.payments))[entry["name"]]
         provider = nevermined(entry["conn_id"])
         gateway_check(provider, payment)
-        store = storage(self.conf["storage_conn_id"])
-        doc = verified_ddo(
-            metadata_store(self.conf["storage_conn_id"]), provider, self.workflow["coordinator_did"]
-        )
+        ddos = metadata_store(self.conf["storage_conn_id"])
+        store = ddos.storage
+        doc = verified_ddo(ddos, provider, self.workflow["coordinator_did"])
         main = ddo.main_block(doc)
         run = launcher(entry)
         grpc_port, status_port = run.free_port(), run.free_port()
@@ -151,10 +149,10 @@ class StartCoordinatorOperator(SessionOperator):
         if not initial or initial.startswith("s3://"):
             return initial
         consumer = nevermined(self.conf["consumer_conn_id"])
-        doc = verified_ddo(metadata_store(self.conf["storage_conn_id"]), consumer, initial)
+        ddos = metadata_store(self.conf["storage_conn_id"])
+        doc = verified_ddo(ddos, consumer, initial)
         model_file = ddo.main_block(doc)["files"][0]
-        store = storage(self.conf["storage_conn_id"])
-        if "0x" + store.sha256(model_file["url"]) != model_file["checksum"]:
+        if "0x" + ddos.storage.sha256(model_file["url"]) != model_file["checksum"]:
             raise AirflowFailException(f"initial_model {initial}: model file checksum mismatch")
         self.log.info("warm start from %s (%s)", initial, model_file["url"])
         return model_file["url"]
@@ -185,10 +183,9 @@ class StartParticipantOperator(SessionOperator):
         payment = by_name(as_list(self.payments))[p["name"]]
         hook = nevermined(p["conn_id"])
         gateway_check(hook, payment)
-        store = storage(self.conf["storage_conn_id"])
-        doc = verified_ddo(
-            metadata_store(self.conf["storage_conn_id"]), hook, self.workflow["participant_dids"][p["name"]]
-        )
+        ddos = metadata_store(self.conf["storage_conn_id"])
+        store = ddos.storage
+        doc = verified_ddo(ddos, hook, self.workflow["participant_dids"][p["name"]])
         stage = ddo.main_block(doc)["workflow"]["stages"][0]
         model = stage["transformation"]["model"]
         run = launcher(p)
