@@ -64,6 +64,15 @@ def get_provider_info() -> dict[str, Any]:
                         "label": "Expected chain id",
                         "schema": {"type": ["integer", "null"]},
                     },
+                    "rpc_retries": {
+                        "label": "RPC connection attempts",
+                        "schema": {"type": ["integer", "null"], "minimum": 1},
+                    },
+                    "gateway_ca_file": {
+                        "label": "Gateways' CA bundle",
+                        "schema": {"type": ["string", "null"]},
+                        "description": "Verifies the providers' HTTPS gateways (default: the system's CAs).",
+                    },
                 },
                 "ui-field-behaviour": {
                     "hidden-fields": ["schema", "port", "login"],

@@ -49,13 +49,22 @@ def _devstack(args: argparse.Namespace) -> int:
     if args.action == "down":
         devstack.down()
         return 0
-    _print(devstack.up() if args.action == "up" else devstack.status(), args.json)
+    _print(devstack.up(backend=args.backend) if args.action == "up" else devstack.status(), args.json)
     return 0
 
 
 def _add_devstack(sub: argparse._SubParsersAction) -> None:
     parser = _command(
-        sub, "devstack", _devstack, "the embedded local stack (chain, S3, Airflow)", ["up", "down", "status"]
+        sub,
+        "devstack",
+        _devstack,
+        "the embedded local stack (chain, S3, provider gateways, Airflow)",
+        ["up", "down", "status"],
+    )
+    parser.add_argument(
+        "--backend",
+        choices=["local", "docker"],
+        help="up: where the gateways run workloads (default: as before)",
     )
     _json_flag(parser)
 
@@ -96,7 +105,12 @@ def _data(args: argparse.Namespace) -> int:
 
     try:
         manifest = data.partition(
-            Path(args.out), args.providers, args.scheme, args.alpha, args.test_fraction, args.seed,
+            Path(args.out),
+            args.providers,
+            args.scheme,
+            args.alpha,
+            args.test_fraction,
+            args.seed,
             args.dataset,
         )
     except data.DataError as exc:
@@ -179,10 +193,14 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    parser = _command(sub, "demo", _demo, "one FL session through Airflow's REST API on the embedded stack")
+    parser = _command(
+        sub, "demo", _demo, "one FL session through Airflow's REST API on the embedded stack and its gateways"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="FL rounds (default 3)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the run")
-    parser.add_argument("--backend", choices=["local", "docker"], default="local", help="where workloads run")
+    parser.add_argument(
+        "--backend", choices=["local", "docker"], default="local", help="where the gateways run the workloads"
+    )
     _json_flag(parser)
 
 
@@ -253,6 +271,44 @@ def _add_compose(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--docker-socket", default="/var/run/docker.sock", help="engine socket on the host")
 
 
+def _gateway(args: argparse.Namespace) -> int:
+    from airflow_nevermined_fl.contracts.errors import ChainError, InvalidInputError
+    from airflow_nevermined_fl.gateway.config import GatewayConfigError, load
+    from airflow_nevermined_fl.gateway.resources import FetchError
+
+    try:
+        config = load(args.config)
+        if args.action == "serve":
+            from airflow_nevermined_fl.gateway.app import serve
+
+            serve(config)
+            return 0
+        from airflow_nevermined_fl.gateway.publish import publish
+
+        assets = publish(config)
+    except (GatewayConfigError, ChainError, InvalidInputError, FetchError) as exc:
+        return _error(f"gateway {args.action}", exc, 2)
+    if args.json:
+        print(json.dumps(assets, indent=2, sort_keys=True))
+        return 0
+    for asset in assets:
+        tx = f"registered in tx {asset['tx_hash']}" if asset["tx_hash"] else "already registered"
+        print(f"{asset['name']} ({asset['type']}, price {asset['price']}): {asset['did']} {tx}")
+    return 0
+
+
+def _add_gateway(sub: argparse._SubParsersAction) -> None:
+    parser = _command(
+        sub,
+        "gateway",
+        _gateway,
+        "a provider's gateway: serve its compute API, publish its services' assets",
+        ["serve", "publish"],
+    )
+    parser.add_argument("--config", required=True, help="the gateway's config file (JSON)")
+    _json_flag(parser)
+
+
 # Functions adding one command group each; handlers import their modules only when run.
 GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_devstack,
@@ -264,6 +320,7 @@ GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_images,
     _add_compose,
     _add_kubernetes,
+    _add_gateway,
 ]
 
 

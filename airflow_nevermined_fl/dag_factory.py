@@ -1,9 +1,10 @@
 """The FL session DAG: one run = one Federated Learning session on Nevermined Compute-to-Data.
 
-validate -> lock_coordinator_payment + lock_payment (mapped: data providers) -> publish_workflow
--> start_coordinator -> wait_for_coordinator (deferred) -> start_participants (mapped: data providers)
--> wait_for_rounds (deferred) -> publish_model (compute fulfilled, escrow released) ; teardown (a
-teardown task: stops everything, refunds on failure).
+validate (provider DIDs resolved, gateways asked) -> lock_coordinator_payment + lock_payment (mapped:
+data providers) -> publish_workflow -> start_coordinator (gateway execute) -> wait_for_coordinator
+(deferred) -> start_participants (mapped gateway execute) -> wait_for_rounds (deferred) -> publish_model
+(model DID; the gateways settle their own escrow) ; teardown (a teardown task: stop on every gateway,
+refunds on failure). The consumer's Airflow holds only the consumer's key.
 
 The lock steps run in parallel: the consumer's transactions (one nonce sequence and one ERC20 allowance
 per account) are serialized by the account's file lock in NeverminedHook, across the task processes of
@@ -55,13 +56,14 @@ def fl_session_dag(
         lock_coordinator = LockPaymentOperator(
             task_id="lock_coordinator_payment",
             session=session,
-            provider=session["coordinator"],
+            provider=XComArg(validate, key="coordinator"),
         )
         lock = LockPaymentOperator.partial(
             task_id="lock_payment", session=session, map_index_template="{{ task.provider['name'] }}"
         ).expand(provider=data_providers)
         payments = [lock_coordinator.output, lock.output]
-        publish = PublishWorkflowOperator(task_id="publish_workflow", session=session, payments=payments)
+        publish = PublishWorkflowOperator(task_id="publish_workflow", session=session)
+        [lock_coordinator, lock] >> publish
         start = StartCoordinatorOperator(
             task_id="start_coordinator", session=session, workflow=publish.output, payments=payments
         )
@@ -77,9 +79,9 @@ def fl_session_dag(
             session=session,
             workflow=publish.output,
             payments=payments,
-            coordinator=url.output,
             map_index_template="{{ task.provider['name'] }}",
         ).expand(provider=data_providers)
+        url >> participants
         rounds = WaitForRoundsSensor(
             task_id="wait_for_rounds", session=session, coordinator=url.output, deferrable=deferrable
         )

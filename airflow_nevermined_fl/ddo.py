@@ -66,6 +66,31 @@ def build(did: str, owner: str, main: dict[str, Any], extra: dict[str, Any] | No
     }
 
 
+def asset_main(
+    service_type: str,
+    name: str,
+    provider: str,
+    endpoint: str,
+    price: int,
+    token: str,
+    dataset: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``main`` block of a provider's compute asset (``fl-coordinator`` or ``fl-participant`` service):
+    its gateway endpoint, address and price in token base units; a participant's public ``dataset``
+    description (features, classes, rows), never the data's location."""
+    main: dict[str, Any] = {
+        "type": "compute",
+        "name": name,
+        "author": provider,
+        "license": "Apache-2.0",
+        "provider": provider,
+        "service": {"type": service_type, "endpoint": endpoint, "price": price, "token": token},
+    }
+    if dataset is not None:
+        main["dataset"] = dataset
+    return main
+
+
 def coordinator_main(conf: dict[str, Any], session_id: str, consumer: str, provider: str) -> dict[str, Any]:
     """``main`` block of the coordinator workflow (type ``fl-coordinator``)."""
     return {

@@ -1,30 +1,30 @@
-"""``nvfl demo``: the embedded stack up (chain, S3, Airflow), digits split non-IID over 3 data providers,
-one FL session triggered through Airflow's REST API, and its summary. Airflow stays up for the UI."""
+"""``nvfl demo``: the embedded stack up (chain, S3, one gateway per provider, Airflow), one FL session
+triggered through Airflow's REST API with the providers named by their asset DIDs, and its summary: the
+providers' DDO prices, the payments, balances before/after and whether the payouts match the prices.
+Airflow and the gateways stay up for the UI."""
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
-from airflow_nevermined_fl import devstack, params
-from airflow_nevermined_fl.paths import state_dir
+from airflow_nevermined_fl import devstack
 from airflow_nevermined_fl.rest import AirflowClient
 
 DAG_ID = "fl_session"
-PROVIDERS = 3
 
 
-def demo_conf(manifest: dict[str, Any], rounds: int = 3) -> dict[str, Any]:
-    """The session conf: the default actors, one shard per data provider, the model sized to the data."""
-    from airflow_nevermined_fl import data
+def provider_assets(gateways_state: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per provider: its gateway's public fields with the price read from the DDO its gateway serves."""
+    from airflow_nevermined_fl import ddo
+    from airflow_nevermined_fl.devstack import gateways
+    from airflow_nevermined_fl.gateway.client import GatewayClient
 
-    conf = params.defaults()
-    for provider, shard in zip(conf["data_providers"], manifest["providers"], strict=True):
-        provider["dataset"] = shard["path"]
-    conf["model"] = data.softmax_model(manifest)
-    conf["rounds"] = rounds
-    return conf
+    assets = gateways.public(gateways_state)["gateways"]
+    for asset in assets.values():
+        document = GatewayClient(asset["url"], audience=asset["address"]).ddo(asset["did"])
+        asset["price"] = int(ddo.main_block(document)["service"]["price"])
+    return assets
 
 
 def token_balances(chain_state: dict[str, Any], names: dict[str, str]) -> dict[str, int]:
@@ -61,8 +61,10 @@ def session_summary(client: AirflowClient, dag_id: str, run_id: str) -> dict[str
     summary["payments"] = [
         {
             "name": p["name"],
+            "role": p["role"],
+            "did": p["did"],
             "provider": p["provider"],
-            "amount": p["price"],
+            "price": p["price"],
             "agreement_id": p["agreement"]["agreement_id"],
             "lock_tx": p["tx_hashes"]["lock"],
             "compute_tx": released.get(p["name"], {}).get("compute"),
@@ -87,26 +89,34 @@ def session_summary(client: AirflowClient, dag_id: str, run_id: str) -> dict[str
     return summary
 
 
+def _leftover_containers(payments: list[dict[str, Any]]) -> int:
+    """Containers still labelled with one of the session's agreements (gateways label a run by it)."""
+    from airflow_nevermined_fl import images
+    from airflow_nevermined_fl.launchers.docker import LABEL
+
+    engine = images.local_engine()
+    return sum(
+        len(engine.containers(all=True, filters={"label": [f"{LABEL}.run_id={p['agreement_id']}"]}))
+        for p in payments
+    )
+
+
 def run(rounds: int = 3, timeout: float = 900.0, backend: str = "local") -> dict[str, Any]:
     """Bring the stack up, trigger one session over REST and wait for it; returns the summary.
 
-    ``backend="docker"``: every workload runs in a container of the runtime image (built if missing)."""
-    from airflow_nevermined_fl import data
-    from airflow_nevermined_fl.devstack import airflow, chain
+    ``backend="docker"``: the gateways run every workload in a container of the runtime image (built if
+    missing)."""
+    from airflow_nevermined_fl.devstack import airflow, chain, gateways
 
-    status = devstack.up()
-    state = devstack.load_state()
-    manifest = data.partition(state_dir() / "data" / "digits-noniid", PROVIDERS, scheme="non-iid", seed=0)
-    conf = demo_conf(manifest, rounds)
     if backend == "docker":
         from airflow_nevermined_fl import images
 
         images.build_all()
-        for entry in [conf["coordinator"], *conf["data_providers"]]:
-            entry.update(backend="docker", backend_conn_id=airflow.DOCKER_CONN_ID)
-    accounts = chain.public(state["chain"])["accounts"]
-    names = {"consumer": accounts["consumer"], conf["coordinator"]["name"]: accounts["coordinator_provider"]}
-    names |= {p["name"]: a for p, a in zip(conf["data_providers"], accounts["data_providers"], strict=True)}
+    status = devstack.up(backend=backend)
+    state = devstack.load_state()
+    providers = provider_assets(state["gateways"])
+    names = {"consumer": chain.accounts()["consumer"]} | {n: p["address"] for n, p in providers.items()}
+    conf = {"rounds": rounds, **gateways.session_providers(state["gateways"])}
     before = token_balances(state["chain"], names)
     client = AirflowClient(status["airflow_url"], airflow.USER, airflow.password(state["airflow"]))
     try:
@@ -119,14 +129,10 @@ def run(rounds: int = 3, timeout: float = 900.0, backend: str = "local") -> dict
     finally:
         client.close()
     after = token_balances(state["chain"], names)
-    extra: dict[str, Any] = {}
-    if backend == "docker":
-        os.environ[f"AIRFLOW_CONN_{airflow.DOCKER_CONN_ID.upper()}"] = airflow.docker_connection_json()
-        from airflow_nevermined_fl.launchers.docker import DockerLauncher
-
-        extra["leftover_containers"] = len(
-            DockerLauncher(airflow.DOCKER_CONN_ID).find(DAG_ID, dag_run["dag_run_id"])
-        )
+    balances = {name: {"before": before[name], "after": after[name]} for name in names}
+    payouts = {name: after[name] - before[name] for name in providers}
+    spent = before["consumer"] - after["consumer"]
+    extra = {"leftover_containers": _leftover_containers(summary["payments"])} if backend == "docker" else {}
     return {
         "backend": backend,
         **extra,
@@ -137,7 +143,11 @@ def run(rounds: int = 3, timeout: float = 900.0, backend: str = "local") -> dict
         "run_id": dag_run["dag_run_id"],
         "state": final["state"],
         "duration_s": round(duration, 1),
-        "balances": {name: {"before": before[name], "after": after[name]} for name in names},
+        "providers": providers,
+        "balances": balances,
+        "payouts": payouts,
+        "payouts_match_prices": all(payouts[n] == p["price"] for n, p in providers.items())
+        and spent == sum(p["price"] for p in providers.values()),
         **summary,
     }
 
@@ -155,14 +165,19 @@ def render(result: dict[str, Any]) -> str:
         lines.append(f"final accuracy: {result['final_accuracy']:.4f}")
     if result.get("model_did"):
         lines.append(f"model: {result['model_did']}  {result['model_url']}")
+    lines.append("providers (asset DID, price from its DDO in NVM base units, gateway):")
+    for name, p in result["providers"].items():
+        lines.append(f"  {name:<12} {p['did']}  {p['price']:>4}  {p['url']}")
     lines.append("payments in NVM base units (18 decimals), locked in escrow -> released on completion:")
     for p in result.get("payments", []):
         lines.append(
-            f"  {p['name']:<12} {p['amount']:>4}  lock {p['lock_tx']}  release {p['release_tx'] or '-'}"
+            f"  {p['name']:<12} {p['price']:>4}  lock {p['lock_tx']}  release {p['release_tx'] or '-'}"
         )
     lines.append("token balances in NVM base units (before -> after):")
     for name, b in result["balances"].items():
         lines.append(f"  {name:<12} {b['before']} -> {b['after']}")
+    verdict = "match" if result["payouts_match_prices"] else "DO NOT match"
+    lines.append(f"payouts {verdict} the DDO prices: {result['payouts']}")
     lines.append(
         f"Airflow UI: {result['airflow_url']}  user {result['airflow_user']}, "
         f"password in {result['airflow_password_file']}  (`make down` stops the stack)"

@@ -12,44 +12,19 @@ from typing import Any
 import jsonschema
 from airflow.sdk import Param
 
-from airflow_nevermined_fl.paths import state_dir
-
-BACKENDS = ("local", "docker", "kubernetes")
-
-_NAME = {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,39}$"}
 _CONN_ID = {"type": "string", "minLength": 1, "maxLength": 250}
-_ADDRESS = {"type": "string", "pattern": "^0x[0-9a-fA-F]{40}$"}
+DID_PATTERN = "^did:nv:[0-9a-f]{64}$"
 
-_PROVIDER_PROPS: dict[str, Any] = {
-    "name": {**_NAME, "description": "Short unique name (lowercase letters, digits, dashes)."},
-    "conn_id": {**_CONN_ID, "description": "Nevermined connection of this provider's account."},
-    "account": {**_ADDRESS, "description": "Provider address; checked against the connection's account."},
-    "price": {"type": "integer", "minimum": 1, "description": "Price in token units, locked in escrow."},
-    "backend": {"type": "string", "enum": list(BACKENDS), "description": "Where the workload runs."},
-    "backend_conn_id": {
-        "type": ["string", "null"],
-        "description": "Connection of the backend (Docker host, Kubernetes cluster); none for local.",
-    },
-}
-
-COORDINATOR_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": _PROVIDER_PROPS,
-    "required": ["name", "conn_id", "price", "backend"],
-    "additionalProperties": False,
-}
-
-DATA_PROVIDER_SCHEMA: dict[str, Any] = {
+PROVIDER_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        **_PROVIDER_PROPS,
-        "dataset": {
+        "did": {
             "type": "string",
-            "pattern": "^(s3://[^/]+/.+|/.+)$",
-            "description": "Where the provider's data is: s3://bucket/key.npz or an absolute local path.",
+            "pattern": DID_PATTERN,
+            "description": "The provider's compute asset DID (published by its gateway).",
         },
     },
-    "required": ["name", "conn_id", "dataset", "price", "backend"],
+    "required": ["did"],
     "additionalProperties": False,
 }
 
@@ -71,37 +46,19 @@ MODEL_SCHEMA: dict[str, Any] = {
 }
 
 
-def demo_dataset(index: int) -> str:
-    """Where ``nvfl demo`` puts data provider ``index``'s shard (the default conf's datasets)."""
-    return str(state_dir() / "data" / "digits-noniid" / f"provider-{index - 1}.npz")
-
-
 def defaults() -> dict[str, Any]:
-    """Default session conf: the embedded demo (one coordinator provider, three data providers)."""
+    """Default session conf. Providers have no default: a DAG passes its own (e.g. the devstack's)."""
     return {
         "consumer_conn_id": "nevermined_consumer",
         "storage_conn_id": "nvfl_storage_default",
-        "coordinator": {
-            "name": "coordinator",
-            "conn_id": "nevermined_coordinator_provider",
-            "price": 10,
-            "backend": "local",
-        },
-        "data_providers": [
-            {
-                "name": f"provider-{i}",
-                "conn_id": f"nevermined_provider_{i}",
-                "dataset": demo_dataset(i),
-                "price": 5,
-                "backend": "local",
-            }
-            for i in (1, 2, 3)
-        ],
+        "coordinator": None,
+        "data_providers": [],
         "rounds": 3,
         "epochs": 1,
         "min_participants": 3,
         "fraction": 1.0,
         "model": {"name": "softmax", "num_features": 64, "num_classes": 10},
+        "max_price": None,
         "heartbeat": 1.0,
         "stall_timeout": 60,
         "session_timeout": 900,
@@ -113,10 +70,10 @@ def defaults() -> dict[str, Any]:
 PROPERTIES: dict[str, tuple[dict[str, Any], str]] = {
     "consumer_conn_id": (_CONN_ID, "Nevermined connection of the consumer (pays, publishes)."),
     "storage_conn_id": (_CONN_ID, "Storage connection (S3) for DDOs, weights and the final model."),
-    "coordinator": (COORDINATOR_SCHEMA, "The compute provider running the coordinator."),
+    "coordinator": (PROVIDER_SCHEMA, "The compute provider running the coordinator, by its asset DID."),
     "data_providers": (
-        {"type": "array", "items": DATA_PROVIDER_SCHEMA, "minItems": 1, "maxItems": 64},
-        "Data providers: one participant each, trained next to the provider's data.",
+        {"type": "array", "items": PROVIDER_SCHEMA, "minItems": 1, "maxItems": 64},
+        "Data providers by asset DID: one participant each, run by the provider's gateway next to its data.",
     ),
     "rounds": ({"type": "integer", "minimum": 1, "maximum": 1000}, "Number of FL rounds."),
     "epochs": ({"type": "integer", "minimum": 1, "maximum": 1000}, "Local epochs per round."),
@@ -129,6 +86,10 @@ PROPERTIES: dict[str, tuple[dict[str, Any], str]] = {
         "Fraction of participants selected per round (the DDO's participantsRatio).",
     ),
     "model": (MODEL_SCHEMA, "Model trained by every participant."),
+    "max_price": (
+        {"type": ["integer", "null"], "minimum": 1},
+        "Highest price (token base units) accepted from any one provider; empty for no cap.",
+    ),
     "heartbeat": ({"type": "number", "minimum": 0.1, "maximum": 60}, "Participant heartbeat (s)."),
     "stall_timeout": (
         {"type": "number", "minimum": 1, "maximum": 86400},
@@ -186,11 +147,10 @@ def validate_conf(conf: dict[str, Any]) -> dict[str, Any]:
         err = errors[0]
         raise ConfError(f"{_field(err.absolute_path)}: {err.message}")
     providers = full["data_providers"]
-    names = [p["name"] for p in providers] + [full["coordinator"]["name"]]
-    for i, name in enumerate(names):
-        if names.index(name) != i:
-            where = "conf.coordinator.name" if i == len(providers) else f"conf.data_providers[{i}].name"
-            raise ConfError(f"{where}: name {name!r} is used twice; names must be unique")
+    dids = [full["coordinator"]["did"]] + [p["did"] for p in providers]
+    for i, did in enumerate(dids):
+        if dids.index(did) != i:
+            raise ConfError(f"conf.data_providers[{i - 1}].did: {did} is listed twice")
     if full["min_participants"] > len(providers):
         raise ConfError(
             f"conf.min_participants: {full['min_participants']} exceeds the {len(providers)} data providers"
@@ -200,14 +160,4 @@ def validate_conf(conf: dict[str, Any]) -> dict[str, Any]:
             f"conf.fraction: {full['fraction']} of {len(providers)} providers selects fewer than "
             f"min_participants={full['min_participants']}"
         )
-    from airflow_nevermined_fl.launchers import BACKENDS
-
-    entries = [("conf.coordinator", full["coordinator"])]
-    entries += [(f"conf.data_providers[{i}]", p) for i, p in enumerate(providers)]
-    for where, entry in entries:
-        if entry["backend"] not in BACKENDS:
-            available = sorted(BACKENDS)
-            raise ConfError(f"{where}.backend: {entry['backend']!r} is not available; use one of {available}")
-        if entry["backend"] != "local" and not entry.get("backend_conn_id"):
-            raise ConfError(f"{where}.backend_conn_id: required for backend {entry['backend']!r}")
     return full

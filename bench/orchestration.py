@@ -1,17 +1,19 @@
 """Orchestration overhead and worker slots of an FL session run through Airflow.
 
-One run, side by side on one embedded stack (chain, S3, Airflow on 127.0.0.1, in a temporary NVFL_HOME):
+One run, side by side on one embedded stack (chain, S3, the four provider gateways, Airflow on 127.0.0.1,
+in a temporary NVFL_HOME):
   1. the session bare: ``nvfl session local`` (coordinator + participants, no Airflow, no chain);
-  2. the same session (data split, rounds, epochs, heartbeat) as a DAG run triggered over REST: a first
-     run on a fresh Airflow (workers warming up), then ``--repeat`` pairs of bare and Airflow sessions,
-     interleaved; the figures are the medians;
-  3. worker slots held while the session waits, with 3 and with 12 participants: task instances in
-     state ``running`` sampled while ``wait_for_rounds`` is deferred.
+  2. the same session (data split, rounds, epochs, heartbeat) as a DAG run triggered over REST, every
+     workload started by its provider's gateway after its on-chain checks: a first run on a fresh Airflow
+     (workers warming up), then ``--repeat`` pairs of bare and Airflow sessions, interleaved; the figures
+     are the medians;
+  3. worker slots held while the session waits: task instances in state ``running`` sampled while
+     ``wait_for_rounds`` is deferred.
 Prints the figures and the overhead (Airflow wall time minus bare wall time) as JSON, and per task of the
 measured run the seconds from the run's start to its queueing, start and end (task instances from REST;
 ``--tasks`` prints them).
 
-Usage: .venv/bin/python bench/orchestration.py [--rounds 3] [--repeat 3] [--tasks] [--slots 3,12] [--keep]
+Usage: .venv/bin/python bench/orchestration.py [--rounds 3] [--repeat 3] [--tasks] [--keep]
 """
 
 from __future__ import annotations
@@ -45,23 +47,9 @@ def bare_session(participants: int, rounds: int) -> dict[str, Any]:
     return {"command_wall_s": command_wall, "session_wall_s": report["wall_time_s"]}
 
 
-def session_conf(manifest: dict[str, Any], rounds: int) -> dict[str, Any]:
-    """The demo conf with one data provider per shard (3 provider accounts reused round robin)."""
-    from airflow_nevermined_fl.demo import demo_conf
-
-    conf = demo_conf({**manifest, "providers": manifest["providers"][:3]}, rounds)
-    conf["data_providers"] = [
-        {
-            "name": f"provider-{i}",
-            "conn_id": f"nevermined_provider_{(i - 1) % 3 + 1}",
-            "dataset": shard["path"],
-            "price": 5,
-            "backend": "local",
-        }
-        for i, shard in enumerate(manifest["providers"], start=1)
-    ]
-    conf.update(min_participants=len(manifest["providers"]), heartbeat=HEARTBEAT, epochs=1)
-    return conf
+def session_conf(providers: dict[str, Any], rounds: int) -> dict[str, Any]:
+    """The session on the devstack's gateways (3 data providers), sized like the bare session."""
+    return {**providers, "rounds": rounds, "epochs": 1, "min_participants": 3, "heartbeat": HEARTBEAT}
 
 
 def _at(stamp: str | None, origin: datetime) -> float | None:
@@ -123,35 +111,28 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tasks", action="store_true", help="print the measured run's task timeline")
-    parser.add_argument("--slots", default="3,12", help="participant counts of the slot runs (3 always)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary NVFL_HOME (logs)")
     parser.add_argument(
         "--repeat", type=int, default=3, help="bare/Airflow pairs of the 3-participant session"
     )
     args = parser.parse_args()
-    counts = sorted({3, *(int(n) for n in args.slots.split(","))})
     home = Path(tempfile.mkdtemp(prefix="nvfl-bench-"))
     os.environ["NVFL_HOME"] = str(home)
-    from airflow_nevermined_fl import data, devstack
-    from airflow_nevermined_fl.devstack import airflow
+    from airflow_nevermined_fl import devstack
+    from airflow_nevermined_fl.devstack import airflow, gateways
     from airflow_nevermined_fl.rest import AirflowClient
 
     try:
         status = devstack.up()
-        manifests = {
-            n: data.partition(home / "data" / f"bench-{n}", n, scheme="non-iid", seed=0) for n in counts
-        }
         state = devstack.load_state()
+        conf = session_conf(gateways.session_providers(state["gateways"]), args.rounds)
         client = AirflowClient(status["airflow_url"], airflow.USER, airflow.password(state["airflow"]))
         client.wait_dag("fl_session")
-        cold = airflow_session(client, session_conf(manifests[3], args.rounds))  # first run: workers warm up
+        cold = airflow_session(client, conf)  # first run: workers warm up
         bare, runs = [], []
         for _ in range(args.repeat):  # interleaved, so load drifting on the machine affects both alike
             bare.append(bare_session(3, args.rounds))
-            runs.append(airflow_session(client, session_conf(manifests[3], args.rounds)))
-        slots = {
-            n: airflow_session(client, session_conf(manifests[n], args.rounds)) for n in counts if n != 3
-        }
+            runs.append(airflow_session(client, conf))
         client.close()
     finally:
         devstack.down()
@@ -162,11 +143,12 @@ def main() -> int:
     median_run = sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2]
     airflow_s = median_run["wall_s"]
     slots = {
-        3: {**median_run, "samples_while_waiting": sum(r["samples_while_waiting"] for r in runs)},
-        **slots,
+        "samples_while_waiting": sum(r["samples_while_waiting"] for r in runs),
+        "max_running_while_waiting": max(r["max_running_while_waiting"] for r in runs),
+        "mean_running_while_waiting": round(
+            statistics.fmean(r["mean_running_while_waiting"] for r in runs), 2
+        ),
     }
-    slots[3]["max_running_while_waiting"] = max(r["max_running_while_waiting"] for r in runs)
-    slots[3]["mean_running_while_waiting"] = statistics.fmean(r["mean_running_while_waiting"] for r in runs)
     result = {
         **({"nvfl_home": str(home)} if args.keep else {}),
         "rounds": args.rounds,
@@ -183,12 +165,7 @@ def main() -> int:
             "bare_session_wall_s": [round(b["session_wall_s"], 2) for b in bare],
             "airflow_session_wall_s": [round(r["wall_s"], 2) for r in runs],
         },
-        "slots": {
-            f"{n}_participants": {
-                k: (round(v, 2) if isinstance(v, float) else v) for k, v in s.items() if k != "tasks"
-            }
-            for n, s in slots.items()
-        },
+        "slots_3_participants": slots,
     }
     if args.tasks:
         result["tasks"] = {"first_run": cold["tasks"], "measured_run": median_run["tasks"]}

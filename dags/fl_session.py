@@ -1,5 +1,12 @@
-"""One FL session per run: trigger from the UI form, over REST with a ``conf``, or ``nvfl demo``."""
+"""One FL session per run: trigger from the UI form, over REST with a ``conf``, or ``nvfl demo``.
+
+Default providers (asset DIDs) come from ``NVFL_SESSION_PROVIDERS`` (JSON ``{"coordinator": {"did"},
+"data_providers": [{"did"}, ...]}``; the embedded stack sets it); a run's conf may name others.
+"""
+
+import json
+import os
 
 from airflow_nevermined_fl.dag_factory import fl_session_dag
 
-dag = fl_session_dag("fl_session")
+dag = fl_session_dag("fl_session", params=json.loads(os.environ.get("NVFL_SESSION_PROVIDERS") or "{}"))

@@ -1,4 +1,4 @@
-"""The real Kubernetes cluster the cluster tests use (``NVFL_TEST_KUBECONFIG``; see README "## Kubernetes"):
+"""The real Kubernetes cluster the cluster tests use (``NVFL_TEST_KUBECONFIG``; see docs/kubernetes.md):
 skip marks, the connection settings from the environment, and a SeaweedFS bound where the pods reach it."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ HOST_IP = os.environ.get("NVFL_TEST_K8S_HOST_IP")
 REQUIRED = [
     pytest.mark.skipif(
         not KUBECONFIG,
-        reason="no Kubernetes cluster: set NVFL_TEST_KUBECONFIG (kind or k3s, see README '## Kubernetes')",
+        reason="no Kubernetes cluster: set NVFL_TEST_KUBECONFIG (kind or k3s, see docs/kubernetes.md)",
     ),
     pytest.mark.skipif(
         bool(KUBECONFIG) and not HOST_IP,

@@ -2,10 +2,10 @@
 
 Each component is a module of this package exposing::
 
-    up(home: Path, previous: dict | None) -> dict   # start, or reuse ``previous`` when it is still alive
+    up(home: Path, previous: dict | None, **options) -> dict  # start, or reuse ``previous`` when alive
     alive(state: dict) -> bool
-    down(state: dict) -> None                       # stop only what ``up`` started
-    public(state: dict) -> dict                     # status fields; never secrets
+    down(state: dict) -> None                                  # stop only what ``up`` started
+    public(state: dict) -> dict                                # status fields; never secrets
 
 The stack's state (pids, ports, private files) lives in ``<state dir>/devstack/state.json`` (mode 0600).
 """
@@ -21,7 +21,7 @@ from typing import Any
 
 from airflow_nevermined_fl.paths import state_dir
 
-COMPONENTS: tuple[str, ...] = ("chain", "s3", "airflow")
+COMPONENTS: tuple[str, ...] = ("chain", "s3", "gateways", "airflow")
 
 
 def home() -> Path:
@@ -51,11 +51,15 @@ def _component(name: str) -> ModuleType:
     return importlib.import_module(f"{__name__}.{name}")
 
 
-def up() -> dict[str, Any]:
-    """Start every component (reusing live ones) and return the public status."""
+def up(backend: str | None = None) -> dict[str, Any]:
+    """Start every component (reusing live ones) and return the public status.
+
+    ``backend``: where the gateways run workloads (``local``/``docker``); gateways running another
+    backend restart. Default: the running gateways' backend, else ``local``."""
     state = load_state()
+    options: dict[str, dict[str, Any]] = {"gateways": {"backend": backend}}
     for name in COMPONENTS:
-        state[name] = _component(name).up(home(), state.get(name))
+        state[name] = _component(name).up(home(), state.get(name), **options.get(name, {}))
         _save_state(state)
     return status()
 

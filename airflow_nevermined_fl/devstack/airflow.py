@@ -4,12 +4,15 @@
 triggerer also open log servers on every interface (their host is hard-coded). We start the same four
 components ourselves with ``--skip-serve-logs`` (with the LocalExecutor, task logs are local files),
 the API bound to 127.0.0.1. AIRFLOW_HOME is ``<devstack home>/airflow``; the DAGs folder is the
-repository's ``dags/``; the chain's and storage's connections are injected as ``AIRFLOW_CONN_*``
-environment variables (never written to disk by us); the admin password sits in a 0600 file.
+repository's ``dags/``. It is the consumer's Airflow: only the consumer's and the storage's connections
+are injected, as ``AIRFLOW_CONN_*`` environment variables (never written to disk by us), plus the
+gateways' published providers (``NVFL_SESSION_PROVIDERS``); no provider's key. The admin password sits
+in a 0600 file. A later ``up`` restarts Airflow when that environment changed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -31,7 +34,6 @@ COMMANDS: dict[str, list[str]] = {
 }
 USER = "admin"
 STORAGE_CONN_ID = "nvfl_storage_default"
-DOCKER_CONN_ID = "nvfl_docker"
 
 
 def _airflow_bin() -> str:
@@ -53,28 +55,29 @@ def storage_connection_json(s3_state: dict[str, Any]) -> str:
     )
 
 
-def docker_connection_json() -> str:
-    """The local Docker engine (``$DOCKER_HOST`` or the default socket) for ``backend: docker``
-    workloads, with the demo data mounted read-only at the same path (harmless without an engine)."""
-    from airflow_nevermined_fl.launchers.docker import connection_json
-
-    data = state_dir() / "data" / "digits-noniid"
-    docker_url = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-    return connection_json(docker_url=docker_url, mounts=[f"{data}:{data}:ro"])
-
-
 def connection_env(stack: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """``AIRFLOW_CONN_*`` variables for every actor of the chain, the S3 storage (secret) and Docker."""
+    """``AIRFLOW_CONN_*`` of the consumer's Airflow (secret): its own account and the S3 storage only."""
     from airflow_nevermined_fl.devstack import chain
 
-    env = {f"AIRFLOW_CONN_{cid.upper()}": uri for cid, uri in chain.connection_uris(stack["chain"]).items()}
-    env[f"AIRFLOW_CONN_{STORAGE_CONN_ID.upper()}"] = storage_connection_json(stack["s3"])
-    env[f"AIRFLOW_CONN_{DOCKER_CONN_ID.upper()}"] = docker_connection_json()
-    return env
+    return {
+        f"AIRFLOW_CONN_{chain.CONSUMER_CONN_ID.upper()}": chain.consumer_connection_uri(stack["chain"]),
+        f"AIRFLOW_CONN_{STORAGE_CONN_ID.upper()}": storage_connection_json(stack["s3"]),
+    }
+
+
+def providers_env(gateways_state: dict[str, Any]) -> dict[str, str]:
+    """``NVFL_SESSION_PROVIDERS``: the gateways' published providers (by DID), the DAGs' default providers."""
+    from airflow_nevermined_fl.devstack import gateways
+
+    return {gateways.SESSION_PROVIDERS_ENV: json.dumps(gateways.session_providers(gateways_state))}
+
+
+def _digest(env: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(env, sort_keys=True).encode()).hexdigest()
 
 
 def airflow_env(airflow_home: Path, port: int, password_file: Path, dags_folder: Path) -> dict[str, str]:
-    """Airflow configuration (public part) for an embedded instance; see DESIGN §4 gotchas."""
+    """Airflow configuration (public part) for an embedded instance (gotchas: docs/session.md)."""
     return {
         "AIRFLOW_HOME": str(airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
@@ -172,13 +175,16 @@ def start(
 
 
 def up(home: Path, previous: dict[str, Any] | None) -> dict[str, Any]:
-    if previous and alive(previous):
+    """Start Airflow, or reuse ``previous`` when alive with the same connections and providers."""
+    from airflow_nevermined_fl import devstack
+
+    stack = devstack.load_state()
+    extra_env = connection_env(stack) | providers_env(stack["gateways"])
+    if previous and alive(previous) and previous.get("env_digest") == _digest(extra_env):
         return previous
     if previous:
         down(previous)
-    from airflow_nevermined_fl import devstack
-
-    return start(home / "airflow", connection_env(devstack.load_state()))
+    return start(home / "airflow", extra_env) | {"env_digest": _digest(extra_env)}
 
 
 def alive(state: dict[str, Any]) -> bool:

@@ -23,6 +23,7 @@ MNEMONIC = "test test test test test test test test test test test junk"
 OWNER, CONSUMER, COORDINATOR_PROVIDER = 0, 1, 2
 DATA_PROVIDERS = (3, 4, 5)
 CONSUMER_TOKENS = 1_000_000 * 10**18
+CONSUMER_CONN_ID = "nevermined_consumer"
 
 
 def account(index: int) -> LocalAccount:
@@ -89,20 +90,27 @@ def public(state: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def connection_uris(state: dict[str, Any]) -> dict[str, str]:
-    """Airflow connection URIs (type ``nevermined``) per actor. They hold private keys: keep them secret."""
+def _connection_uri(state: dict[str, Any], conn_id: str, index: int) -> str:
+    """Airflow connection URI (type ``nevermined``) of dev account ``index``. It holds the private key."""
     from airflow.sdk import Connection
 
-    actors = {"nevermined_consumer": CONSUMER, "nevermined_coordinator_provider": COORDINATOR_PROVIDER}
+    return Connection(
+        conn_id=conn_id,
+        conn_type="nevermined",
+        host=state["rpc_url"],
+        password=account(index).key.to_0x_hex(),
+        extra=json.dumps({"deployment_file": state["deployment_file"], "chain_id": state["chain_id"]}),
+    ).get_uri()
+
+
+def consumer_connection_uri(state: dict[str, Any]) -> str:
+    """The consumer's connection (``CONSUMER_CONN_ID``): the only account key a consumer's Airflow holds."""
+    return _connection_uri(state, CONSUMER_CONN_ID, CONSUMER)
+
+
+def connection_uris(state: dict[str, Any]) -> dict[str, str]:
+    """Connection URIs of every actor, for tests and benchmarks playing each party with its Keeper; a
+    consumer's Airflow gets :func:`consumer_connection_uri` only (providers keep their keys)."""
+    actors = {CONSUMER_CONN_ID: CONSUMER, "nevermined_coordinator_provider": COORDINATOR_PROVIDER}
     actors |= {f"nevermined_provider_{n}": i for n, i in enumerate(DATA_PROVIDERS, start=1)}
-    extra = json.dumps({"deployment_file": state["deployment_file"], "chain_id": state["chain_id"]})
-    return {
-        conn_id: Connection(
-            conn_id=conn_id,
-            conn_type="nevermined",
-            host=state["rpc_url"],
-            password=account(index).key.to_0x_hex(),
-            extra=extra,
-        ).get_uri()
-        for conn_id, index in actors.items()
-    }
+    return {conn_id: _connection_uri(state, conn_id, index) for conn_id, index in actors.items()}

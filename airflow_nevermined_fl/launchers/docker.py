@@ -24,7 +24,6 @@ container's environment only (visible to whoever controls that engine, like its 
 from __future__ import annotations
 
 import io
-import ipaddress
 import json
 import os
 import tarfile
@@ -44,6 +43,7 @@ from airflow_nevermined_fl.launchers.base import (
     WorkloadStatus,
     run_key,
 )
+from airflow_nevermined_fl.netaddr import is_loopback
 
 if TYPE_CHECKING:
     from docker import APIClient
@@ -112,15 +112,6 @@ def connection_json(**extra: Any) -> str:
     return json.dumps({"conn_type": "docker", "extra": extra})
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def container_name(labels: Labels) -> str:
     return f"nvfl-{labels.run_key()}-{labels.workload_key()}"
 
@@ -150,7 +141,7 @@ class DockerLauncher(Launcher):
 
     @property
     def bind_host(self) -> str:  # type: ignore[override]
-        return "127.0.0.1" if _is_loopback(self.target.advertised_host) else "0.0.0.0"
+        return "127.0.0.1" if is_loopback(self.target.advertised_host) else "0.0.0.0"
 
     @cached_property
     def client(self) -> APIClient:

@@ -1,9 +1,9 @@
 """Local-process backend (embedded default): runtime processes with the FL venv's python.
 
-Each workload gets a directory ``<state dir>/workloads/<run key>/<workload key>/`` holding its files,
-``output.log``, ``exit_code`` once it ended, and ``workload.json`` (pid, process start time, argv,
-public env; never the secret env), so a teardown in another process, or after a worker crash, finds
-and stops it.
+Each workload gets a directory ``<root>/<run key>/<workload key>/`` (root: ``<state dir>/workloads``
+unless given) holding its files, ``output.log``, ``exit_code`` once it ended, and ``workload.json`` (pid,
+process start time, argv, public env; never the secret env), so a teardown in another process, or after a
+worker crash, finds and stops it.
 """
 
 from __future__ import annotations
@@ -45,6 +45,18 @@ def _proc_start_time(pid: int) -> str | None:
     return stat[1] if stat else None
 
 
+def _group_running(pgid: int) -> bool:
+    """Whether a process of process group ``pgid`` still runs (zombies do not count)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
+
+
 def _runtime_python() -> Path:
     from airflow_nevermined_fl.runtime_env import runtime_python
 
@@ -52,14 +64,24 @@ def _runtime_python() -> Path:
 
 
 class LocalLauncher(Launcher):
+    """``root``: where workload directories go (default :meth:`root`, e.g. a gateway's own state dir)."""
+
     backend = "local"
+
+    def __init__(self, conn_id: str | None = None, root: Path | None = None) -> None:
+        super().__init__(conn_id)
+        self.workloads = root
 
     @staticmethod
     def root() -> Path:
+        """The default workloads directory, ``<state dir>/workloads``."""
         return state_dir() / "workloads"
 
+    def _base(self) -> Path:
+        return self.workloads or self.root()
+
     def _dir(self, labels: Labels) -> Path:
-        return self.root() / labels.run_key() / labels.workload_key()
+        return self._base() / labels.run_key() / labels.workload_key()
 
     def _load(self, directory: Path) -> Workload | None:
         record = directory / "workload.json"
@@ -115,16 +137,19 @@ class LocalLauncher(Launcher):
         return WorkloadStatus(running=False, exit_code=int(code) if code.lstrip("-").isdigit() else None)
 
     def stop(self, workload: Workload, timeout: float = 10.0) -> None:
-        """SIGTERM the workload's process group, SIGKILL after ``timeout``."""
+        """SIGTERM the workload's process group, SIGKILL after ``timeout``; returns once none of the
+        group runs (the runtime process may outlive the wrapper shell while it shuts down)."""
         pid = int(workload.details["pid"])
+        if not self._alive(workload):
+            return
         for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-            if not self._alive(workload):
-                return
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, sig)
             deadline = time.monotonic() + wait
-            while self._alive(workload) and time.monotonic() < deadline:
+            while (running := self._alive(workload) or _group_running(pid)) and time.monotonic() < deadline:
                 time.sleep(0.05)
+            if not running:
+                return
 
     def logs(self, workload: Workload, tail: int = 100) -> str:
         log = Path(workload.details["log"])
@@ -133,7 +158,7 @@ class LocalLauncher(Launcher):
         return "\n".join(log.read_text(errors="replace").splitlines()[-tail:])
 
     def find(self, dag_id: str, run_id: str) -> list[Workload]:
-        base = self.root() / run_key(dag_id, run_id)
+        base = self._base() / run_key(dag_id, run_id)
         if not base.is_dir():
             return []
         found = (self._load(d) for d in sorted(base.iterdir()) if d.is_dir())

@@ -1,4 +1,4 @@
-"""What every session operator shares: the validated session, hooks per actor, workload labels."""
+"""What every session operator shares: the validated session, the consumer's hooks, gateway clients."""
 
 from __future__ import annotations
 
@@ -7,11 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_nevermined_fl.launchers import Labels, Launcher, get_launcher
-
 if TYPE_CHECKING:
-    from airflow.sdk import Context
-
+    from airflow_nevermined_fl.gateway.client import GatewayClient
     from airflow_nevermined_fl.hooks.nevermined import NeverminedHook
     from airflow_nevermined_fl.hooks.storage import StorageHook
     from airflow_nevermined_fl.metadata import MetadataStore
@@ -35,9 +32,17 @@ def metadata_store(conn_id: str) -> MetadataStore:
     return MetadataStore(storage(conn_id))
 
 
-def launcher(entry: dict[str, Any]) -> Launcher:
-    """The launcher of a coordinator or data provider entry of the conf."""
-    return get_launcher(entry["backend"], entry.get("backend_conn_id"))
+def gateway(consumer: NeverminedHook, provider: dict[str, Any]) -> GatewayClient:
+    """A client of ``provider``'s gateway (a resolved provider or payment dict) signing as the consumer."""
+    from airflow_nevermined_fl.gateway.client import GatewayClient
+
+    return GatewayClient(
+        provider["endpoint"],
+        audience=provider["provider"] if "provider" in provider else provider["address"],
+        address=consumer.account().address,
+        sign=consumer.sign_message,
+        ca_file=consumer.gateway_ca_file,
+    )
 
 
 def as_list(value: Any) -> list[dict[str, Any]]:
@@ -72,6 +77,6 @@ class SessionOperator(BaseOperator):
     def conf(self) -> dict[str, Any]:
         return self.session["conf"]
 
-    def labels(self, context: Context, role: str, name: str) -> Labels:
-        ti = context["ti"]
-        return Labels(dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id, role=role, name=name)  # type: ignore[arg-type]
+    @property
+    def consumer(self) -> NeverminedHook:
+        return nevermined(self.conf["consumer_conn_id"])

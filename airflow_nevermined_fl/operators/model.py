@@ -1,40 +1,45 @@
-"""Publish the trained model (checksum verified, DID with provenance) and only then release escrow."""
+"""Publish the trained model (checksum verified, DID with provenance); confirm the providers' settlements."""
 
 from __future__ import annotations
 
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
+import time
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_nevermined_fl import ddo
-from airflow_nevermined_fl.operators.base import SessionOperator, as_list, metadata_store, nevermined
-from airflow_nevermined_fl.operators.payment import complete
+from airflow_nevermined_fl.operators.base import SessionOperator, as_list, by_name, gateway, metadata_store
 from airflow_nevermined_fl.operators.workflow import latest_model_key
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from airflow_nevermined_fl.hooks.nevermined import NeverminedHook
+
 
 class PublishModelOperator(SessionOperator):
     """Verify the final model against the coordinator's checksum, upload it, register its DID (session
-    id and provenance to the workflow DIDs in its metadata); then each provider fulfils its compute
-    condition and its escrow is released: payment happens only on completion.
+    id and provenance to the workflow DIDs in its metadata); then wait (``settle_timeout``) until every
+    provider's gateway has settled its own agreement on completion (compute fulfilled, escrow released
+    with the provider's key): payment happens only for completed work.
 
     Output: ``model_did``, ``model_url``, ``model_sha256``, ``ddo_url``, ``final_accuracy``,
-    ``rounds_metrics``, ``released`` ({provider: {"compute", "release"} tx hashes, None when already
-    done}), ``tx_hashes`` (model DID registration, provenance).
+    ``rounds_metrics``, ``released`` ({provider: {"compute", "release"} tx hashes as the gateways
+    report them}), ``tx_hashes`` (model DID registration, provenance).
     """
 
     template_fields = ("session", "workflow", "payments", "result")
     ui_color = "#e3d6f8"
 
-    def __init__(self, *, workflow: Any, payments: Any, result: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, *, workflow: Any, payments: Any, result: Any, settle_timeout: float = 120.0, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.workflow = workflow
         self.payments = payments
         self.result = result
+        self.settle_timeout = settle_timeout
 
     def execute(self, context: Context) -> dict[str, Any]:
         conf = self.conf
@@ -50,7 +55,7 @@ class PublishModelOperator(SessionOperator):
                 f"model {reported['url']}: sha256 {sha256} is not the coordinator's {reported['sha256']}"
             )
         model_url = store.put_bytes(f"models/{self.session_id}/model.npz", data, "application/x-npz")
-        consumer = nevermined(conf["consumer_conn_id"])
+        consumer = self.consumer
         derived_from = [self.workflow["coordinator_did"], *self.workflow["participant_dids"].values()]
         metrics = {"rounds": self.result["rounds_metrics"], "finalAccuracy": self.result["final_accuracy"]}
         main = ddo.model_main(
@@ -64,10 +69,7 @@ class PublishModelOperator(SessionOperator):
         provenance = consumer.record_provenance(model_did, derived_from, "fl-session")
         provenance_tx = [entry["tx_hash"] for entry in provenance if entry["tx_hash"]]
         self.log.info("model %s registered (tx %s), derived from %s", model_did, record.tx_hash, derived_from)
-        payments = as_list(self.payments)
-        # Each provider's own account fulfils and releases: independent transactions, sent side by side.
-        with ThreadPoolExecutor(max_workers=min(8, len(payments) or 1)) as pool:
-            released = dict(zip([p["name"] for p in payments], pool.map(complete, payments), strict=True))
+        released = self._settlements(consumer, as_list(self.payments))
         for name, txs in released.items():
             self.log.info(
                 "%s: compute fulfilled (tx %s), escrow released (tx %s)", name, txs["compute"], txs["release"]
@@ -93,3 +95,40 @@ class PublishModelOperator(SessionOperator):
             "released": released,
             "tx_hashes": {"register": record.tx_hash, "provenance": provenance_tx},
         }
+
+    def _settlements(self, consumer: NeverminedHook, payments: list[dict[str, Any]]) -> dict[str, Any]:
+        """Each provider's settlement as its gateway reports it, once all are settled (a gateway that
+        does not answer for a while is asked again until ``settle_timeout``)."""
+        from airflow_nevermined_fl.gateway.client import GatewayError
+
+        pending = {p["name"]: p for p in payments}
+        settled: dict[str, Any] = {}
+        deadline = time.monotonic() + self.settle_timeout
+        while pending:
+            for name, payment in list(pending.items()):
+                try:
+                    status = gateway(consumer, payment).status(payment["agreement"]["agreement_id"])
+                except GatewayError as err:
+                    if err.status_code is not None:
+                        raise AirflowFailException(f"{name}: {err}") from None
+                    continue
+                settlement = status.get("settlement") or {}
+                if settlement.get("settled"):
+                    settled[name] = {
+                        "compute": settlement.get("compute_tx"),
+                        "release": settlement.get("release_tx"),
+                    }
+                    del pending[name]
+                elif status["state"] in ("failed", "stopped"):
+                    raise AirflowFailException(f"{name}: its execution {status['state']}; it is not paid")
+            if pending and time.monotonic() > deadline:
+                raise AirflowFailException(
+                    f"not settled by their gateways within {self.settle_timeout}s: {sorted(pending)}"
+                )
+            if pending:
+                time.sleep(0.5)
+        for name in settled:
+            states = consumer.condition_states(by_name(payments)[name]["agreement"])
+            if states != {"compute": "fulfilled", "lock": "fulfilled", "escrow": "fulfilled"}:
+                raise AirflowFailException(f"{name}: gateway reports settled, but the chain says {states}")
+        return settled

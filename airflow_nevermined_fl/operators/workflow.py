@@ -9,20 +9,14 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_nevermined_fl import ddo
-from airflow_nevermined_fl.operators.base import (
-    SessionOperator,
-    as_list,
-    by_name,
-    metadata_store,
-    nevermined,
-    storage,
-)
+from airflow_nevermined_fl.operators.base import SessionOperator, metadata_store, nevermined, storage
 from airflow_nevermined_fl.params import ConfError, validate_conf
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_nevermined_fl.hooks.nevermined import NeverminedHook
+    from airflow_nevermined_fl.hooks.storage import StorageHook
     from airflow_nevermined_fl.metadata import MetadataStore
 
 
@@ -31,17 +25,30 @@ def session_id_for(dag_id: str, run_id: str) -> str:
     return "fl-" + hashlib.sha256(f"{dag_id}/{run_id}".encode()).hexdigest()[:16]
 
 
+def _unique_names(providers: list[dict[str, Any]]) -> None:
+    """Provider names (from their DDOs) label tasks and payments: suffix repeated ones with the DID."""
+    seen: set[str] = set()
+    for p in providers:
+        if p["name"] in seen:
+            p["name"] = f"{p['name']}-{p['did'][7:15]}"
+        seen.add(p["name"])
+
+
 def latest_model_key(dag_id: str) -> str:
     """Storage key of the pointer to the last model a DAG (workflow) published."""
     return f"models/by-dag/{dag_id}/latest.json"
 
 
 class ValidateSessionOperator(BaseOperator):
-    """Check the run's conf (schema + cross-field rules + accounts) before any transaction.
+    """Check everything checkable before any transaction: the conf (schema + cross-field rules), each
+    provider DID (registered on chain, its DDO matching the registered checksum, the right service type),
+    each provider's gateway (answers ``info`` as the DID's owner and says the service is ready), prices
+    against ``max_price``, the model against the participants' datasets, and the consumer's balance.
 
-    Output (what the mapped tasks expand over): the data providers of the conf. XCom key ``session``:
-    ``{"session_id", "conf", "accounts": {name: address}, "coordinator": <conf entry with role>}``;
-    key ``coordinator``: that coordinator entry alone.
+    Output (what the mapped tasks expand over): the data providers, resolved (``did``, ``name``, ``role``,
+    ``address``, ``endpoint``, ``price``, ``dataset``). XCom key ``session``: ``{"session_id", "conf",
+    "consumer", "coordinator": <resolved coordinator>, "providers": [...]}``; key ``coordinator``: the
+    resolved coordinator alone.
     ``warm_start``: when the conf names no ``initial_model``, start from the last model this DAG
     published, if any.
     """
@@ -57,38 +64,100 @@ class ValidateSessionOperator(BaseOperator):
             conf = validate_conf(dict(context["params"]))
         except ConfError as err:
             raise AirflowFailException(str(err)) from None
-        accounts = self._accounts(conf)
+        consumer = nevermined(conf["consumer_conn_id"])
+        store = storage(conf["storage_conn_id"])
+        coordinator = self._provider(
+            consumer, store, "conf.coordinator", conf["coordinator"]["did"], "coordinator"
+        )
+        providers = [
+            self._provider(consumer, store, f"conf.data_providers[{i}]", entry["did"], "participant")
+            for i, entry in enumerate(conf["data_providers"])
+        ]
+        _unique_names([coordinator, *providers])
+        self._check_terms(conf, consumer, coordinator, providers)
         ti = context["ti"]
         if self.warm_start and conf["initial_model"] is None:
             conf["initial_model"] = self._latest_model(conf, ti.dag_id)
         session = {
             "session_id": session_id_for(ti.dag_id, ti.run_id),
             "conf": conf,
-            "accounts": accounts,
-            "coordinator": {"role": "coordinator", **conf["coordinator"]},
+            "consumer": consumer.account().address,
+            "coordinator": coordinator,
+            "providers": providers,
         }
         ti.xcom_push(key="session", value=session)
-        ti.xcom_push(key="coordinator", value=session["coordinator"])
-        providers = [{"role": "participant", **p} for p in conf["data_providers"]]
+        ti.xcom_push(key="coordinator", value=coordinator)
         self.log.info(
-            "session %s: %d data providers, %d rounds", session["session_id"], len(providers), conf["rounds"]
+            "session %s: coordinator %s, %d data providers, %d rounds",
+            session["session_id"],
+            coordinator["name"],
+            len(providers),
+            conf["rounds"],
         )
         return providers
 
+    def _provider(
+        self, consumer: NeverminedHook, store: StorageHook, where: str, did: str, role: str
+    ) -> dict[str, Any]:
+        """The resolved provider behind ``did``, its gateway answering and ready to serve it."""
+        from airflow_nevermined_fl.contracts.errors import InvalidInputError
+        from airflow_nevermined_fl.gateway.client import GatewayClient, GatewayError
+        from airflow_nevermined_fl.resolver import ResolveError, resolve_provider
+
+        try:
+            ref = resolve_provider(consumer, did, store, consumer.gateway_ca_file)
+        except (InvalidInputError, ResolveError) as err:
+            raise AirflowFailException(f"{where}.did: {err}") from None
+        if ref.role != role:
+            raise AirflowFailException(f"{where}.did: {did} is a {ref.role} service, not a {role} service")
+        try:
+            info = GatewayClient(ref.endpoint, ref.address, ca_file=consumer.gateway_ca_file).info()
+        except GatewayError as err:
+            raise AirflowFailException(
+                f"{where}.did: the provider's gateway does not answer: {err}"
+            ) from None
+        if str(info.get("provider", "")).lower() != ref.address.lower():
+            raise AirflowFailException(
+                f"{where}.did: the gateway at {ref.endpoint} is not run by the DID's owner {ref.address}"
+            )
+        service = next((s for s in info.get("services", []) if s.get("did") == ref.did), None)
+        if service is None or not service.get("ready"):
+            reason = service.get("reason") if service else "the gateway does not offer this asset"
+            raise AirflowFailException(f"{where}.did: {ref.name} cannot serve now: {reason}")
+        self.log.info("%s: %s %s at %s, price %d", where, role, ref.name, ref.endpoint, ref.price)
+        return ref.to_dict()
+
     @staticmethod
-    def _accounts(conf: dict[str, Any]) -> dict[str, str]:
-        """Account address per actor, from its connection; a conf ``account`` must match it."""
-        accounts = {"consumer": nevermined(conf["consumer_conn_id"]).address}
-        entries = [("conf.coordinator", conf["coordinator"])]
-        entries += [(f"conf.data_providers[{i}]", p) for i, p in enumerate(conf["data_providers"])]
-        for where, entry in entries:
-            address = nevermined(entry["conn_id"]).address
-            if entry.get("account") and entry["account"].lower() != address.lower():
+    def _check_terms(
+        conf: dict[str, Any],
+        consumer: NeverminedHook,
+        coordinator: dict[str, Any],
+        providers: list[dict[str, Any]],
+    ) -> None:
+        """Prices within the cap, the model fitting every dataset, the consumer's balance covering all."""
+        entries = [("conf.coordinator", coordinator)]
+        entries += [(f"conf.data_providers[{i}]", p) for i, p in enumerate(providers)]
+        cap = conf["max_price"]
+        for where, p in entries:
+            if cap is not None and p["price"] > cap:
                 raise AirflowFailException(
-                    f"{where}.account: {entry['account']} is not the account of {entry['conn_id']!r}"
+                    f"{where}.did: {p['name']} asks {p['price']}, above max_price={cap}"
                 )
-            accounts[entry["name"]] = address
-        return accounts
+        model = conf["model"]
+        for where, p in entries[1:]:
+            data = p.get("dataset") or {}
+            for key, field in (("features", "num_features"), ("classes", "num_classes")):
+                if field in model and key in data and data[key] > model[field]:
+                    raise AirflowFailException(
+                        f"conf.model.{field}: {model[field]}, but {p['name']}'s dataset ({where}) "
+                        f"has {data[key]} {key}"
+                    )
+        total = sum(p["price"] for _, p in entries)
+        balance = consumer.token_balance(consumer.address)
+        if balance < total:
+            raise AirflowFailException(
+                f"conf: the session costs {total} token units; the consumer {consumer.address} has {balance}"
+            )
 
     def _latest_model(self, conf: dict[str, Any], dag_id: str) -> str | None:
         store = storage(conf["storage_conn_id"])
@@ -105,42 +174,26 @@ class PublishWorkflowOperator(SessionOperator):
     """Build the coordinator (``fl-coordinator``) and participant (``workflow``) DDOs, store them in
     the metadata store and register their DIDs (consumer's account). Idempotent on retry."""
 
-    template_fields = ("session", "payments")
-
-    def __init__(self, *, payments: Any, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.payments = payments
-
     def execute(self, context: Context) -> dict[str, Any]:
-        conf, accounts = self.conf, self.session["accounts"]
-        consumer = nevermined(conf["consumer_conn_id"])
+        conf, consumer_address = self.conf, self.session["consumer"]
+        consumer = self.consumer
         store = metadata_store(conf["storage_conn_id"])
-        payments = by_name(as_list(self.payments))
-        coordinator = conf["coordinator"]
-        published: dict[str, dict[str, Any]] = {}
-        main = ddo.coordinator_main(
-            conf, self.session_id, accounts["consumer"], accounts[coordinator["name"]]
-        )
-        published["coordinator"] = self._publish(
-            consumer, store, "coordinator", main, [accounts[coordinator["name"]]]
-        )
+        coordinator = self.session["coordinator"]
+        main = ddo.coordinator_main(conf, self.session_id, consumer_address, coordinator["address"])
+        published = {
+            "coordinator": self._publish(consumer, store, "coordinator", main, [coordinator["address"]])
+        }
         coordinator_did = published["coordinator"]["did"]
-        for p in conf["data_providers"]:
+        for p in self.session["providers"]:
             main = ddo.participant_main(
-                self.session_id,
-                accounts["consumer"],
-                p,
-                accounts[p["name"]],
-                coordinator_did,
-                payments[p["name"]]["asset_did"],
-                conf["model"],
+                self.session_id, consumer_address, p, p["address"], coordinator_did, p["did"], conf["model"]
             )
             published[p["name"]] = self._publish(
-                consumer, store, f"participant/{p['name']}", main, [accounts[p["name"]]]
+                consumer, store, f"participant/{p['did']}", main, [p["address"]]
             )
         return {
             "coordinator_did": coordinator_did,
-            "participant_dids": {p["name"]: published[p["name"]]["did"] for p in conf["data_providers"]},
+            "participant_dids": {p["name"]: published[p["name"]]["did"] for p in self.session["providers"]},
             "ddo_urls": {rec["did"]: rec["url"] for rec in published.values()},
             "tx_hashes": {rec["did"]: rec["tx_hash"] for rec in published.values()},
         }

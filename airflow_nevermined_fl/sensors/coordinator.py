@@ -1,4 +1,4 @@
-"""Waits on the coordinator: its URL healthy, then the rounds until FINISHED.
+"""Waits on the coordinator, through its provider's gateway: its URL, then the rounds until FINISHED.
 
 Deferrable by default (``deferrable=True``): the wait runs as a trigger in the triggerer and holds no
 worker slot. With ``deferrable=False`` the same trigger runs inside the task.
@@ -42,6 +42,15 @@ class _CoordinatorWait(SessionOperator):
         self.coordinator = coordinator
         self.deferrable = deferrable
 
+    def gateway_args(self) -> dict[str, Any]:
+        """Where the coordinator's execution is polled: its gateway, agreement and the consumer."""
+        return {
+            "endpoint": self.coordinator["endpoint"],
+            "audience": self.coordinator["provider"],
+            "agreement_id": self.coordinator["agreement_id"],
+            "consumer_conn_id": self.conf["consumer_conn_id"],
+        }
+
     def trigger(self, context: Context) -> BaseTrigger:
         raise NotImplementedError
 
@@ -69,7 +78,8 @@ class _CoordinatorWait(SessionOperator):
 
 
 class WaitForCoordinatorSensor(_CoordinatorWait):
-    """Until the coordinator answers healthy; then its URL is published: XCom and the workflow DDO."""
+    """Until the coordinator's gateway reports it serving; then its URL and the session's storage are
+    published in the coordinator's workflow DDO (where the participants' gateways read them)."""
 
     template_fields = ("session", "coordinator", "workflow")
 
@@ -85,13 +95,7 @@ class WaitForCoordinatorSensor(_CoordinatorWait):
         return self._trigger(self.wait_timeout)
 
     def _trigger(self, timeout: float, poll_interval: float = 0.5) -> CoordinatorUrlTrigger:
-        return CoordinatorUrlTrigger(
-            status_url=self.coordinator["status_url"],
-            timeout=timeout,
-            poll_interval=poll_interval,
-            workload=self.coordinator["workload"],
-            backend_conn_id=self.conf["coordinator"].get("backend_conn_id"),
-        )
+        return CoordinatorUrlTrigger(**self.gateway_args(), timeout=timeout, poll_interval=poll_interval)
 
     def ready_now(self) -> dict[str, Any] | None:
         """A short probe (``probe_seconds``): a coordinator is usually serving within a second or two,
@@ -100,11 +104,12 @@ class WaitForCoordinatorSensor(_CoordinatorWait):
         return None if event.get("reason") == "timeout" else event
 
     def on_event(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
-        url, status_url = self.coordinator["coordinator_url"], self.coordinator["status_url"]
+        execution = event["execution"]
+        url, storage = execution["coordinator_url"], execution["storage"]
         did = self.workflow["coordinator_did"]
-        metadata_store(self.conf["storage_conn_id"]).annotate(did, coordinatorUrl=url, statusUrl=status_url)
+        metadata_store(self.conf["storage_conn_id"]).annotate(did, coordinatorUrl=url, sessionStorage=storage)
         self.log.info("coordinator up at %s; recorded in %s", url, did)
-        return {"coordinator_url": url, "status_url": status_url, "workload": self.coordinator["workload"]}
+        return {**self.coordinator, "coordinator_url": url, "storage": storage}
 
 
 class WaitForRoundsSensor(_CoordinatorWait):
@@ -115,13 +120,11 @@ class WaitForRoundsSensor(_CoordinatorWait):
         started = context["dag_run"].start_date
         stall = float(self.conf["stall_timeout"])
         return SessionRoundsTrigger(
-            status_url=self.coordinator["status_url"],
+            **self.gateway_args(),
             deadline=started.timestamp() + float(self.conf["session_timeout"]),
             stall_timeout=stall,
             unreachable_timeout=min(stall, 10.0),
             poll_interval=0.5,
-            workload=self.coordinator["workload"],
-            backend_conn_id=self.conf["coordinator"].get("backend_conn_id"),
         )
 
     def on_event(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:

@@ -84,3 +84,7 @@ def test_connection_uris_round_trip_through_airflow(devchain: dict[str, Any]) ->
     assert conn.conn_type == "nevermined" and conn.host == devchain["rpc_url"]
     assert conn.extra_dejson == {"deployment_file": devchain["deployment_file"], "chain_id": 31337}
     assert conn.password == chain.account(chain.DATA_PROVIDERS[1]).key.to_0x_hex()
+    # A consumer's Airflow gets its own connection alone.
+    consumer = Connection.from_uri(chain.consumer_connection_uri(devchain), conn_id=chain.CONSUMER_CONN_ID)
+    assert consumer.password == chain.account(chain.CONSUMER).key.to_0x_hex()
+    assert consumer.get_uri() == uris[chain.CONSUMER_CONN_ID]

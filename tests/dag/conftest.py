@@ -1,5 +1,6 @@
 """The real embedded stack for the DAG tests (session scope): anvil + Nevermined contracts, SeaweedFS,
-digits split non-IID over 3 data providers, a migrated Airflow SQLite home."""
+the four provider gateways (local backend; each with its own key and data: digits split non-IID over the
+3 data providers), a migrated Airflow SQLite home holding only the consumer's connections."""
 
 from __future__ import annotations
 
@@ -14,23 +15,21 @@ from dagstack import Stack
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    from airflow_nevermined_fl import data
-    from airflow_nevermined_fl.devstack import airflow, chain, s3
-    from airflow_nevermined_fl.paths import state_dir
+    from airflow_nevermined_fl.devstack import airflow, chain, gateways, s3
 
     home = tmp_path_factory.mktemp("dag-stack")
     chain_state = chain.up(home, None)
-    s3_state = None
+    s3_state = gateways_state = result = None
     try:
         s3_state = s3.up(home, None)
-        manifest = data.partition(state_dir() / "data" / "digits-noniid", 3, scheme="non-iid", seed=0)
+        gateways_state = gateways.start(home, chain_state, s3_state)
         airflow_home = home / "airflow"
         airflow_home.mkdir()
         result = Stack(
             home=home,
             chain=chain_state,
             s3=s3_state,
-            manifest=manifest,
+            gateways=gateways.public(gateways_state)["gateways"],
             conn_env=airflow.connection_env({"chain": chain_state, "s3": s3_state}),
             airflow_home=airflow_home,
         )
@@ -42,6 +41,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         )
         yield result
     finally:
+        for state in [*(result.extra_gateways.values() if result else []), gateways_state]:
+            if state:
+                gateways.down(state)
         if s3_state:
             s3.down(s3_state)
         chain.down(chain_state)

@@ -1,5 +1,5 @@
 """The DAG tests' view of the real embedded stack: run the session DAG with ``dag.test()`` in a fresh
-process, read chain balances, list the secrets that must never leak."""
+process against the providers' gateways, read chain balances, list the secrets that must never leak."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from airflow_nevermined_fl.launchers import Workload
+from airflow_nevermined_fl.launchers.local import LocalLauncher
 from airflow_nevermined_fl.paths import PROJECT_DIR
 
 RUNNER = Path(__file__).with_name("dagtest_runner.py")
@@ -20,12 +22,16 @@ SUMMARY_PREFIX = "DAGTEST_SUMMARY "
 
 @dataclass
 class Stack:
+    """``gateways``: per provider name its gateway's public fields (url, did, address, price, type).
+    ``conn_env``: the consumer's Airflow connections (consumer account + storage), nothing of a provider."""
+
     home: Path
     chain: dict[str, Any]
     s3: dict[str, Any]
-    manifest: dict[str, Any]
+    gateways: dict[str, dict[str, Any]]
     conn_env: dict[str, str] = field(repr=False)
     airflow_home: Path
+    extra_gateways: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
 
     def secrets(self) -> list[str]:
         """Every secret the stack handed out: account keys (both spellings) and the S3 keys."""
@@ -41,29 +47,47 @@ class Stack:
         return connect(self.chain["rpc_url"])
 
     def accounts(self) -> dict[str, str]:
+        """Addresses: the consumer and each provider by its gateway's name."""
         from airflow_nevermined_fl.devstack import chain
 
-        acc = chain.public(self.chain)["accounts"]
-        names = {"consumer": acc["consumer"], "coordinator": acc["coordinator_provider"]}
-        return names | {f"provider-{i}": a for i, a in enumerate(acc["data_providers"], start=1)}
+        providers = {name: gateway["address"] for name, gateway in self.gateways.items()}
+        return {"consumer": chain.accounts()["consumer"]} | providers
 
     def balances(self) -> dict[str, int]:
         from airflow_nevermined_fl.demo import token_balances
 
         return token_balances(self.chain, self.accounts())
 
-    def conf(self, **overrides: Any) -> dict[str, Any]:
-        from airflow_nevermined_fl.demo import demo_conf
+    def start_gateways(
+        self, backend: str, suffix: str, connection: dict[str, Any] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Four more gateways, same provider accounts, named ``<name><suffix>`` (other DIDs), on ``backend``
+        (``docker``: workloads on ``$DOCKER_HOST``; ``kubernetes``: the cluster of ``connection``), their
+        storage ``self.s3``; their public fields. Stopped with the stack."""
+        from airflow_nevermined_fl.devstack import gateways
 
-        conf = demo_conf(self.manifest, rounds=2)
-        conf.update(stall_timeout=60, session_timeout=600)
-        conf.update(overrides)
-        return conf
+        previous = self.extra_gateways.get(suffix)
+        state = gateways.start(self.home, self.chain, self.s3, backend, suffix, previous, connection)
+        self.extra_gateways[suffix] = state
+        return gateways.public(state)["gateways"]
+
+    def providers(self, gateways: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+        """A conf's ``coordinator`` and ``data_providers`` (by DID) of ``gateways`` (default: the stack's)."""
+        from airflow_nevermined_fl.devstack.gateways import session_providers
+
+        return session_providers({"gateways": gateways or self.gateways})
+
+    def conf(self, **overrides: Any) -> dict[str, Any]:
+        """A session conf on the stack's gateways: 2 rounds, short time-outs; ``overrides`` win."""
+        return {"rounds": 2, "stall_timeout": 60, "session_timeout": 600, **self.providers(), **overrides}
 
     def airflow_env(self) -> dict[str, str]:
+        from airflow_nevermined_fl.devstack.gateways import SESSION_PROVIDERS_ENV
+
         return {
             **os.environ,
             **self.conn_env,
+            SESSION_PROVIDERS_ENV: json.dumps(self.providers()),
             "AIRFLOW_HOME": str(self.airflow_home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_DIR / "dags"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -91,6 +115,19 @@ class Stack:
         return json.loads(summary.read_text()), output
 
 
+def payments(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """A 3-provider run's payments (XCom): the coordinator's, then each data provider's."""
+    xcom = summary["xcom"]
+    return [xcom["lock_coordinator_payment"]["return_value"]] + [
+        xcom[f"lock_payment[{i}]"]["return_value"] for i in range(3)
+    ]
+
+
+def stopped(summary: dict[str, Any]) -> set[str]:
+    """Names of the providers whose workloads the teardown stopped through their gateways."""
+    return {w["name"] for w in summary["xcom"]["teardown"]["return_value"]["stopped"]}
+
+
 def assert_no_secrets(stack: Stack, *texts: str) -> None:
     for secret in stack.secrets():
         for i, text in enumerate(texts):
@@ -108,3 +145,19 @@ def process_gone(pid: int, wait: float = 5.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def gateway_workloads(stack: Stack, agreement_ids: set[str]) -> list[tuple[LocalLauncher, Workload]]:
+    """The workloads the stack's gateways started for these agreements (their launcher, the workload)."""
+    found = []
+    for record in (stack.home / "gateways").glob("*/state/workloads/*/*/workload.json"):
+        workload = Workload.from_dict(json.loads(record.read_text()))
+        if workload.labels.run_id in agreement_ids:
+            found.append((LocalLauncher(root=record.parents[2]), workload))
+    return found
+
+
+def dataset_locations(stack: Stack) -> list[str]:
+    """Where the providers' data is (their gateways' configs): never on the consumer's side."""
+    configs = [json.loads(p.read_text()) for p in (stack.home / "gateways").glob("*/gateway.json")]
+    return [s["dataset"] for c in configs for s in c["services"] if s.get("dataset")]

@@ -10,53 +10,53 @@ import pytest
 from airflow_nevermined_fl import ddo
 from airflow_nevermined_fl.params import PROPERTIES, ConfError, defaults, session_params, validate_conf
 
+DID = "did:nv:" + "ab" * 32
+PROVIDERS = {
+    "coordinator": {"did": "did:nv:" + "c0" * 32},
+    "data_providers": [{"did": f"did:nv:{i:02x}" + "d" * 62} for i in (1, 2, 3)],
+}
+
 
 def test_every_param_has_a_description_and_a_valid_default() -> None:
-    params = session_params()
+    params = session_params(**PROVIDERS)
     assert set(params) == set(PROPERTIES)
     for name, param in params.items():
         assert param.description, name
-        assert param.resolve() == defaults()[name]
-    assert validate_conf({}) == defaults()
+        assert param.resolve() == {**defaults(), **PROVIDERS}[name]
+    assert validate_conf(PROVIDERS) == {**defaults(), **PROVIDERS}
 
 
-def _provider(**changes: Any) -> dict[str, Any]:
-    return {**defaults()["data_providers"][0], **changes}
+def _conf(**changes: Any) -> dict[str, Any]:
+    return {**PROVIDERS, **changes}
 
 
 @pytest.mark.parametrize(
     ("conf", "message"),
     [
-        ({"rounds": 0}, "conf.rounds: 0 is less than the minimum of 1"),
-        ({"fraction": 0}, "conf.fraction: 0 is less than or equal to the minimum of 0"),
-        ({"heartbeat": "fast"}, "conf.heartbeat: 'fast' is not of type 'number'"),
-        ({"data_providers": []}, "conf.data_providers: [] should be non-empty"),
+        (_conf(rounds=0), "conf.rounds: 0 is less than the minimum of 1"),
+        (_conf(fraction=0), "conf.fraction: 0 is less than or equal to the minimum of 0"),
+        (_conf(heartbeat="fast"), "conf.heartbeat: 'fast' is not of type 'number'"),
+        (_conf(data_providers=[]), "conf.data_providers: [] should be non-empty"),
+        ({}, "conf.coordinator: None is not of type 'object'"),
         (
-            {"data_providers": [_provider(price=0)]},
-            "conf.data_providers[0].price: 0 is less than the minimum of 1",
+            _conf(data_providers=[{"did": "did:nv:12"}]),
+            "conf.data_providers[0].did: 'did:nv:12' does not match",
         ),
         (
-            {"data_providers": [_provider(dataset="rel.npz")]},
-            "conf.data_providers[0].dataset: 'rel.npz' does not match",
+            _conf(data_providers=[{"did": DID, "dataset": "/data/x.npz"}]),
+            "conf.data_providers[0]: Additional properties are not allowed ('dataset' was unexpected)",
         ),
+        (_conf(coordinator={"name": "c"}), "conf.coordinator: 'did' is a required property"),
+        (_conf(max_price=0), "conf.max_price: 0 is less than the minimum of 1"),
+        (_conf(model={"name": "softmax"}), "conf.model: 'num_features' is a required property"),
+        (_conf(model={"name": "x y"}), "conf.model.name: 'x y' does not match"),
+        (_conf(initial_model="http://x"), "conf.initial_model: 'http://x' does not match"),
+        (_conf(surprise=1), "conf: Additional properties are not allowed ('surprise' was unexpected)"),
+        (_conf(min_participants=4), "conf.min_participants: 4 exceeds the 3 data providers"),
+        (_conf(fraction=0.5), "conf.fraction: 0.5 of 3 providers selects fewer than min_participants=3"),
         (
-            {"data_providers": [_provider(account="0x12")]},
-            "conf.data_providers[0].account: '0x12' does not match",
-        ),
-        ({"coordinator": {"name": "c"}}, "conf.coordinator: 'conn_id' is a required property"),
-        ({"model": {"name": "softmax"}}, "conf.model: 'num_features' is a required property"),
-        ({"model": {"name": "x y"}}, "conf.model.name: 'x y' does not match"),
-        ({"initial_model": "http://x"}, "conf.initial_model: 'http://x' does not match"),
-        ({"surprise": 1}, "conf: Additional properties are not allowed ('surprise' was unexpected)"),
-        ({"min_participants": 4}, "conf.min_participants: 4 exceeds the 3 data providers"),
-        ({"fraction": 0.5}, "conf.fraction: 0.5 of 3 providers selects fewer than min_participants=3"),
-        (
-            {"data_providers": [_provider(), _provider()], "min_participants": 1},
-            "conf.data_providers[1].name: name 'provider-1' is used twice",
-        ),
-        (
-            {"coordinator": {**defaults()["coordinator"], "backend": "cloud"}},
-            "conf.coordinator.backend: 'cloud'",
+            _conf(data_providers=[{"did": DID}, {"did": DID}], min_participants=1),
+            f"conf.data_providers[1].did: {DID} is listed twice",
         ),
     ],
 )
@@ -67,7 +67,7 @@ def test_bad_conf_names_the_field(conf: dict[str, Any], message: str) -> None:
 
 
 def test_ddo_checksum_covers_main_only_and_detects_tampering() -> None:
-    conf = validate_conf({})
+    conf = validate_conf(PROVIDERS)
     main = ddo.coordinator_main(conf, "fl-abc", "0x" + "11" * 20, "0x" + "22" * 20)
     doc = ddo.build("did:nv:" + "ab" * 32, "0x" + "11" * 20, main)
     assert doc["proof"]["checksum"] == ddo.checksum(main) == ddo.ddo_checksum(doc)
@@ -85,26 +85,19 @@ def test_ddo_checksum_covers_main_only_and_detects_tampering() -> None:
 
 
 def test_ddos_hold_only_public_values() -> None:
-    conf = validate_conf({})
+    conf = validate_conf(PROVIDERS)
     coordinator = ddo.coordinator_main(conf, "fl-abc", "0x" + "11" * 20, "0x" + "22" * 20)
     participant = ddo.participant_main(
         "fl-abc",
         "0x" + "11" * 20,
-        conf["data_providers"][0],
+        {"name": "provider-1"},
         "0x" + "33" * 20,
         "did:nv:" + "aa" * 32,
         "did:nv:" + "bb" * 32,
         conf["model"],
     )
     text = json.dumps([coordinator, participant])
-    for private in (
-        "conn_id",
-        "nevermined_provider",
-        "storage_conn",
-        "password",
-        "secret",
-        conf["data_providers"][0]["dataset"],
-    ):
+    for private in ("conn_id", "nevermined_provider", "storage_conn", "password", "secret", ".npz"):
         assert private not in text
     assert participant["type"] == "workflow"
     assert participant["workflow"]["stages"][0]["input"][0]["id"] == "did:nv:" + "bb" * 32

@@ -48,18 +48,62 @@ def test_bad_conf_is_refused_with_400_naming_the_field(
         assert field in str(err.value.detail) or repr(value) in str(err.value.detail), err.value.detail
 
 
-def test_conf_is_checked_again_at_run_start(api: tuple[dict[str, Any], AirflowClient], stack: Stack) -> None:
-    """Fields valid one by one but not together: the run fails in ``validate``, before any transaction."""
+UNKNOWN_DID = "did:nv:" + "0f" * 32
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"min_participants": 5}, "conf.min_participants: 5 exceeds the 3 data providers"),
+        ({"max_price": 7}, "conf.coordinator.did: coordinator asks 10, above max_price=7"),
+        (
+            {"data_providers": [{"did": UNKNOWN_DID}], "min_participants": 1},
+            f"conf.data_providers[0].did: did: unknown DID {UNKNOWN_DID}",
+        ),
+        (
+            {"model": {"name": "softmax", "num_features": 32, "num_classes": 10}},
+            "conf.model.num_features: 32, but provider-1's dataset",
+        ),
+    ],
+)
+def test_conf_is_checked_again_at_run_start(
+    api: tuple[dict[str, Any], AirflowClient], stack: Stack, overrides: dict[str, Any], message: str
+) -> None:
+    """Valid for the schema, but not together, not on chain or not at the providers' terms: the run fails
+    in ``validate``, before any transaction."""
     _, client = api
     nonce = stack.w3().eth.get_transaction_count(stack.accounts()["consumer"])
-    run = client.trigger(DAG, stack.conf(min_participants=5))
+    run = client.trigger(DAG, stack.conf(**overrides))
     assert client.wait_run(DAG, run["dag_run_id"], timeout=120)["state"] == "failed"
     states = {ti["task_id"]: ti["state"] for ti in client.task_instances(DAG, run["dag_run_id"])}
     assert states["validate"] == "failed"
     assert states["lock_coordinator_payment"] == "upstream_failed"
     log = client.task_log(DAG, run["dag_run_id"], "validate", 1)
-    assert "conf.min_participants: 5 exceeds the 3 data providers" in log
+    assert message in log, log[-2000:]
     assert stack.w3().eth.get_transaction_count(stack.accounts()["consumer"]) == nonce
+
+
+def test_a_gateway_down_at_validate_costs_nothing(
+    api: tuple[dict[str, Any], AirflowClient], stack: Stack
+) -> None:
+    """A provider whose gateway is down: the run fails in ``validate``, before any transaction."""
+    from airflow_nevermined_fl.devstack import process
+
+    _, client = api
+    extra = stack.start_gateways("local", "-down")
+    process.stop(int(stack.extra_gateways["-down"]["gateways"]["provider-3-down"]["pid"]))
+    providers = [{"did": stack.gateways[n]["did"]} for n in ("provider-1", "provider-2")]
+    conf = stack.conf(data_providers=[*providers, {"did": extra["provider-3-down"]["did"]}])
+    consumer = stack.accounts()["consumer"]
+    nonce, balance = stack.w3().eth.get_transaction_count(consumer), stack.balances()["consumer"]
+    run = client.trigger(DAG, conf)
+    assert client.wait_run(DAG, run["dag_run_id"], timeout=120)["state"] == "failed"
+    states = {ti["task_id"]: ti["state"] for ti in client.task_instances(DAG, run["dag_run_id"])}
+    assert states["validate"] == "failed" and states["lock_coordinator_payment"] == "upstream_failed"
+    log = client.task_log(DAG, run["dag_run_id"], "validate", 1)
+    assert "conf.data_providers[2].did:" in log and "unreachable" in log, log[-2000:]
+    assert stack.w3().eth.get_transaction_count(consumer) == nonce
+    assert stack.balances()["consumer"] == balance
 
 
 def test_session_over_rest(api: tuple[dict[str, Any], AirflowClient], stack: Stack) -> None:
@@ -86,7 +130,7 @@ def test_session_over_rest(api: tuple[dict[str, Any], AirflowClient], stack: Sta
         "provider-2",
         "provider-3",
     }
-    assert all(p["lock_tx"] and p["release_tx"] for p in summary["payments"])
+    assert all(p["lock_tx"] and p["release_tx"] for p in summary["payments"])  # released by the gateways
     after = stack.balances()
     assert before["consumer"] - after["consumer"] == 25
     assert after["coordinator"] - before["coordinator"] == 10

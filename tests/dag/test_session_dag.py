@@ -1,5 +1,6 @@
-"""Whole-DAG session with ``dag.test()`` on the real stack (anvil + contracts, SeaweedFS, xain-fl
-processes), then the chain-touching tasks retried: no second on-chain effect."""
+"""Whole-DAG session with ``dag.test()`` on the real stack (anvil + contracts, SeaweedFS, one gateway
+process per provider with its own key, xain-fl processes), then the chain-touching tasks retried: no
+second on-chain effect. The consumer's side never sees a provider key or dataset location."""
 
 from __future__ import annotations
 
@@ -9,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dagstack import Stack, assert_no_secrets
+from dagstack import Stack, assert_no_secrets, dataset_locations, gateway_workloads, payments
 
 from airflow_nevermined_fl import ddo
-from airflow_nevermined_fl.launchers.local import LocalLauncher
 
 RETRIED = ("lock_coordinator_payment", "lock_payment", "publish_workflow", "publish_model")
 
@@ -58,15 +58,14 @@ def test_retries_have_no_second_on_chain_effect(session_run: dict[str, Any], sta
     for name, price in prices.items():
         assert after[name] - before[name] == price, name
     # The retried tasks' outputs (the last try) report that nothing was sent.
-    locks = [_value(summary, "lock_coordinator_payment")] + [
-        summary["xcom"][f"lock_payment[{i}]"]["return_value"] for i in range(3)
-    ]
-    for lock in locks:
-        assert lock["tx_hashes"] == {"asset": None, "agreement": None, "lock": None}
+    for lock in payments(summary):
+        assert lock["tx_hashes"] == {"agreement": None, "lock": None}
     assert set(_value(summary, "publish_workflow")["tx_hashes"].values()) == {None}
     model = _value(summary, "publish_model")
     assert model["tx_hashes"] == {"register": None, "provenance": []}
-    assert all(txs == {"compute": None, "release": None} for txs in model["released"].values())
+    # Each gateway settled its own agreement once; the retry reads the settlement it recorded.
+    assert set(model["released"]) == set(prices)
+    assert all(txs["compute"] and txs["release"] for txs in model["released"].values())
 
 
 def test_published_artifacts_on_chain_and_storage(
@@ -106,41 +105,77 @@ def test_published_artifacts_on_chain_and_storage(
     for did in workflow["participant_dids"].values():
         assert ddo.main_block(store.get(did))["type"] == "workflow"
 
-    payments = [_value(summary, "lock_coordinator_payment")] + [
-        summary["xcom"][f"lock_payment[{i}]"]["return_value"] for i in range(3)
-    ]
-    for payment in payments:
+    for payment in payments(summary):
         states = consumer.condition_states(payment["agreement"])
         assert states == {"compute": "fulfilled", "lock": "fulfilled", "escrow": "fulfilled"}
+        assert payment["price"] == stack.gateways[payment["name"]]["price"]  # the price its DDO states
+        assert payment["did"] == stack.gateways[payment["name"]]["did"]
 
 
-def test_teardown_left_nothing_running(session_run: dict[str, Any]) -> None:
+def test_teardown_left_nothing_running(session_run: dict[str, Any], stack: Stack) -> None:
     summary = session_run["summary"]
     teardown = _value(summary, "teardown")
     assert teardown["session_completed"] is True and teardown["refunds"] == {}
-    assert {w["name"] for w in teardown["stopped"]} == {
-        "coordinator",
-        "provider-1",
-        "provider-2",
-        "provider-3",
+    names = {"coordinator", "provider-1", "provider-2", "provider-3"}
+    assert {w["name"] for w in teardown["stopped"]} == names
+    assert {w["state"] for w in teardown["stopped"]} == {"finished"}
+    workloads = gateway_workloads(stack, {p["agreement"]["agreement_id"] for p in payments(summary)})
+    assert {w.labels.name for _, w in workloads} == names  # each started by its own provider's gateway
+    assert not any(launcher.status(w).running for launcher, w in workloads)
+    assert {launcher.status(w).exit_code for launcher, w in workloads if w.labels.role == "participant"} == {
+        0
     }
-    launcher = LocalLauncher()
-    workloads = launcher.find("fl_session", summary["run_id"])
-    assert len(workloads) == 4
-    assert not any(launcher.status(w).running for w in workloads)
-    assert {launcher.status(w).exit_code for w in workloads if w.labels.role == "participant"} == {0}
 
 
-def test_no_secrets_in_logs_xcom_or_rendered_fields(session_run: dict[str, Any], stack: Stack) -> None:
+def test_no_secrets_or_dataset_locations_on_the_consumer_side(
+    session_run: dict[str, Any], stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
     summary = session_run["summary"]
-    workload_logs = [Path(p).read_text() for p in Path(LocalLauncher.root()).glob("*/*/output.log")]
-    workload_files = [p.read_text() for p in Path(LocalLauncher.root()).glob("*/*/*.json")]
     assert summary["rendered"], "no rendered template fields recorded"
-    assert_no_secrets(
-        stack,
+    for key, value in stack.conn_env.items():
+        monkeypatch.setenv(key, value)
+    from airflow_nevermined_fl.hooks.nevermined import NeverminedHook
+    from airflow_nevermined_fl.hooks.storage import StorageHook
+    from airflow_nevermined_fl.metadata import MetadataStore
+    from airflow_nevermined_fl.resolver import fetch_ddo
+
+    consumer, store = (
+        NeverminedHook("nevermined_consumer"),
+        MetadataStore(StorageHook("nvfl_storage_default")),
+    )
+    workflow = _value(summary, "publish_workflow")
+    dids = [
+        workflow["coordinator_did"],
+        *workflow["participant_dids"].values(),
+        _value(summary, "publish_model")["model_did"],
+    ]
+    dids += [gateway["did"] for gateway in stack.gateways.values()]
+    on_chain = [consumer.get_did(did).url for did in dids]
+    ddos = [json.dumps(store.get(did)) for did in dids[:-4]] + [
+        json.dumps(fetch_ddo(url)) for url in on_chain[-4:]
+    ]
+    consumer_side = [
         session_run["output"],
         json.dumps(summary["xcom"]),
         json.dumps(summary["rendered"]),
-        *workload_logs,
-        *workload_files,
+        *ddos,
+        *on_chain,
+    ]
+    assert_no_secrets(stack, *consumer_side)
+    for location in dataset_locations(stack):
+        assert not any(location in text for text in consumer_side), location
+    # The provider side's records and workload logs hold no key either.
+    workloads = gateway_workloads(stack, {p["agreement"]["agreement_id"] for p in payments(summary)})
+    records = [Path(w.details["dir"]) for _, w in workloads]
+    assert_no_secrets(
+        stack, *(p.read_text() for d in records for p in d.iterdir() if p.suffix in (".json", ".log"))
     )
+
+
+def test_the_consumer_side_holds_exactly_one_private_key(stack: Stack) -> None:
+    """Connections, variables and every task process's environment: the consumer's key and no other."""
+    from airflow_nevermined_fl.devstack import chain
+
+    environment = json.dumps(stack.airflow_env())
+    held = [i for i in range(10) if chain.account(i).key.hex().removeprefix("0x") in environment]
+    assert held == [chain.CONSUMER]

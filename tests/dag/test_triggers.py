@@ -1,5 +1,6 @@
-"""Coordinator triggers' decisions against a scripted status endpoint (pure logic; the DAG tests run the
-real coordinator): finished, failed, crashed (unreachable or process gone), stalled, timed out."""
+"""Coordinator triggers' decisions against a scripted gateway (pure logic; the DAG tests run the real
+gateways and coordinator): finished, failed, crashed (exited or unreachable), stalled, timed out. The
+scripted gateway checks every poll's signature as a real one does."""
 
 from __future__ import annotations
 
@@ -11,26 +12,42 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from eth_account import Account
 
 from airflow_nevermined_fl.devstack import process
+from airflow_nevermined_fl.gateway import API, auth
 from airflow_nevermined_fl.sensors.coordinator import run_inline
 from airflow_nevermined_fl.triggers.coordinator import CoordinatorUrlTrigger, SessionRoundsTrigger
 
 Script = Callable[[int], dict[str, Any]]
+CONSUMER = Account.create()
+AUDIENCE = Account.create().address
+AGREEMENT = "0x" + "ab" * 32
+CONN_ID = "nvfl_trigger_consumer"
 
 
-class StatusServer:
-    """Answers ``/status`` and ``/health`` with ``script(n)`` for the n-th status request."""
+@pytest.fixture(autouse=True)
+def _consumer_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    conn = {"conn_type": "nevermined", "password": CONSUMER.key.to_0x_hex(), "extra": {}}
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(conn))
+
+
+class GatewayServer:
+    """Answers the execution status of ``AGREEMENT`` with ``script(n)`` for the n-th signed poll."""
 
     def __init__(self, script: Script) -> None:
         calls = {"n": 0}
+        guard = auth.ReplayGuard()
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802
-                if self.path == "/status":
-                    calls["n"] += 1
-                body = json.dumps(script(calls["n"]) if self.path == "/status" else {"ok": True}).encode()
+                path = f"{API}/compute/status/{AGREEMENT}"
+                signer = auth.verify(self.headers, "GET", self.path, AUDIENCE, b"", guard, 60)
+                assert self.path == path and signer == CONSUMER.address
+                calls["n"] += 1
+                body = json.dumps(script(calls["n"])).encode()
                 self.send_response(200)
+                self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -48,11 +65,11 @@ class StatusServer:
 
 
 @pytest.fixture
-def serve() -> Iterator[Callable[[Script], StatusServer]]:
-    servers: list[StatusServer] = []
+def serve() -> Iterator[Callable[[Script], GatewayServer]]:
+    servers: list[GatewayServer] = []
 
-    def start(script: Script) -> StatusServer:
-        servers.append(StatusServer(script))
+    def start(script: Script) -> GatewayServer:
+        servers.append(GatewayServer(script))
         return servers[-1]
 
     yield start
@@ -60,8 +77,23 @@ def serve() -> Iterator[Callable[[Script], StatusServer]]:
         server.close()
 
 
+def _running(coordinator: dict[str, Any] | None, **fields: Any) -> dict[str, Any]:
+    """A gateway execution status around the coordinator's own status."""
+    return {
+        "state": "running",
+        "exit_code": None,
+        "coordinator_url": None,
+        "coordinator": coordinator,
+        **fields,
+    }
+
+
 def _metrics(n: int) -> list[dict[str, Any]]:
     return [{"round": r, "loss": 1.0 / (r + 1), "accuracy": 0.5 + r / 10, "n_samples": 9} for r in range(n)]
+
+
+def _gateway(url: str) -> dict[str, Any]:
+    return {"endpoint": url, "audience": AUDIENCE, "agreement_id": AGREEMENT, "consumer_conn_id": CONN_ID}
 
 
 def _rounds(url: str, **kwargs: Any) -> SessionRoundsTrigger:
@@ -71,19 +103,21 @@ def _rounds(url: str, **kwargs: Any) -> SessionRoundsTrigger:
         "unreachable_timeout": 1.0,
         "poll_interval": 0.05,
     }
-    return SessionRoundsTrigger(status_url=url, **{**args, **kwargs})
+    return SessionRoundsTrigger(**_gateway(url), **{**args, **kwargs})
 
 
-def test_rounds_until_finished_logs_each_round(serve: Callable[[Script], StatusServer], capsys: Any) -> None:
+def test_rounds_until_finished_logs_each_round(serve: Callable[[Script], GatewayServer], capsys: Any) -> None:
     def script(n: int) -> dict[str, Any]:
         done = min(n // 3, 2)
-        return {"state": "FINISHED" if n >= 9 else "ROUND", "round": done, "rounds_metrics": _metrics(done)}
+        state = "FINISHED" if n >= 9 else "ROUND"
+        return _running({"state": state, "round": done, "rounds_metrics": _metrics(done)})
 
     server = serve(script)
     trigger = _rounds(server.url)
     classpath, kwargs = trigger.serialize()
     assert classpath == "airflow_nevermined_fl.triggers.coordinator.SessionRoundsTrigger"
     assert SessionRoundsTrigger(**kwargs).serialize() == (classpath, kwargs)
+    assert CONSUMER.key.hex().removeprefix("0x") not in json.dumps(kwargs)  # the trigger holds no secret
     event = run_inline(trigger)
     assert event["status"] == "success" and len(event["coordinator"]["rounds_metrics"]) == 2
     out = capsys.readouterr().out
@@ -95,50 +129,63 @@ def test_rounds_until_finished_logs_each_round(serve: Callable[[Script], StatusS
     ("script", "kwargs", "message"),
     [
         (
-            lambda n: {"state": "FAILED", "reason": "stalled in STANDBY"},
+            lambda n: _running({"state": "FAILED", "reason": "stalled in STANDBY"}),
             {},
             "coordinator failed: stalled in STANDBY",
         ),
         (
-            lambda n: {"state": "STANDBY", "round": 0},
+            lambda n: (
+                _running({"state": "ROUND", "round": 0})
+                if n < 3
+                else _running(None, state="failed", exit_code=137)
+            ),
+            {},
+            "coordinator process exited with code 137 during the session",
+        ),
+        (
+            lambda n: _running({"state": "STANDBY", "round": 0}),
             {"stall_timeout": 0.5},
             "session stalled: no progress for 0.5s",
         ),
-        (lambda n: {"state": "ROUND", "round": n}, {"deadline": time.time() - 1}, "session timeout"),
+        (
+            lambda n: _running({"state": "ROUND", "round": n}),
+            {"deadline": time.time() - 1},
+            "session timeout",
+        ),
+        (lambda n: _running(None), {}, "coordinator unreachable through"),
     ],
 )
 def test_rounds_fail_fast(
-    serve: Callable[[Script], StatusServer], script: Script, kwargs: dict[str, Any], message: str
+    serve: Callable[[Script], GatewayServer], script: Script, kwargs: dict[str, Any], message: str
 ) -> None:
     event = run_inline(_rounds(serve(script).url, **kwargs))
     assert event["status"] == "error" and event["message"].startswith(message), event
 
 
-def test_rounds_detect_a_crashed_coordinator(serve: Callable[[Script], StatusServer]) -> None:
-    server = serve(lambda n: {"state": "ROUND", "round": 0, "rounds_metrics": []})
+def test_rounds_detect_an_unreachable_gateway(serve: Callable[[Script], GatewayServer]) -> None:
+    server = serve(lambda n: _running({"state": "ROUND", "round": 0, "rounds_metrics": []}))
     threading.Timer(0.3, server.close).start()
     event = run_inline(_rounds(server.url, stall_timeout=30))
     assert event["status"] == "error" and "unreachable" in event["message"]
 
 
-def test_url_trigger_healthy_missing_and_exited(serve: Callable[[Script], StatusServer]) -> None:
-    server = serve(lambda n: {"state": "STANDBY"})
-    assert run_inline(CoordinatorUrlTrigger(server.url, timeout=5))["status"] == "success"
+def test_url_trigger_serving_missing_and_exited(serve: Callable[[Script], GatewayServer]) -> None:
+    server = serve(
+        lambda n: (
+            _running({"state": "STANDBY"}, coordinator_url="127.0.0.1:5000") if n > 2 else _running(None)
+        )
+    )
+    event = run_inline(CoordinatorUrlTrigger(**_gateway(server.url), timeout=5, poll_interval=0.05))
+    assert event["status"] == "success" and event["execution"]["coordinator_url"] == "127.0.0.1:5000"
+
     url = f"http://127.0.0.1:{process.free_port()}"
-    event = run_inline(CoordinatorUrlTrigger(url, timeout=0.5, poll_interval=0.1))
+    event = run_inline(CoordinatorUrlTrigger(**_gateway(url), timeout=0.5, poll_interval=0.1))
     assert event == {
         "status": "error",
-        "message": f"coordinator at {url} not healthy within 0.5s",
+        "message": f"coordinator of agreement {AGREEMENT} not serving within 0.5s",
         "reason": "timeout",
     }
 
-    from airflow_nevermined_fl.launchers import Labels, WorkloadSpec
-    from airflow_nevermined_fl.launchers.local import LocalLauncher
-
-    launcher = LocalLauncher()
-    labels = Labels(dag_id="trigger_test", run_id="r", task_id="t", role="coordinator", name="c")
-    workload = launcher.start(WorkloadSpec(labels=labels, module="json.tool", args=["{workdir}/none.json"]))
-    while launcher.status(workload).running:
-        time.sleep(0.05)
-    event = run_inline(CoordinatorUrlTrigger(url, timeout=30, poll_interval=0.1, workload=workload.to_dict()))
+    exited = serve(lambda n: _running(None, state="failed", exit_code=2))
+    event = run_inline(CoordinatorUrlTrigger(**_gateway(exited.url), timeout=30, poll_interval=0.1))
     assert event == {"status": "error", "message": "coordinator process exited with code 2 before serving"}

@@ -1,5 +1,6 @@
 """docker-compose.yaml validated by a real compose (``docker-compose config``) with the ``.env`` that
-``nvfl compose env`` writes; no default secrets in the file."""
+``nvfl compose env`` writes: no default secrets in the file, one gateway per provider holding its own key,
+the consumer's Airflow with the consumer's and the storage's connections only."""
 
 from __future__ import annotations
 
@@ -13,19 +14,16 @@ import pytest
 import yaml
 
 from airflow_nevermined_fl import compose
+from airflow_nevermined_fl.devstack import chain, gateways
+from airflow_nevermined_fl.gateway.config import parse
 from airflow_nevermined_fl.launchers.docker import DockerTarget
 from airflow_nevermined_fl.paths import PROJECT_DIR
 
 COMPOSE_FILE = PROJECT_DIR / "docker-compose.yaml"
-LONG_RUNNING = {
-    "postgres",
-    "minio",
-    "devchain",
-    "airflow-apiserver",
-    "airflow-scheduler",
-    "airflow-dag-processor",
-    "airflow-triggerer",
-}
+AIRFLOW = ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer")
+GATEWAYS = {f"gateway-{p.name}": p for p in gateways.PROVIDERS}
+LONG_RUNNING = {"postgres", "minio", "devchain", *AIRFLOW, *GATEWAYS}
+PROVIDER_KEYS = [chain.account(p.account).key.hex().removeprefix("0x") for p in gateways.PROVIDERS]
 
 
 def _compose_config(env_file: Path) -> subprocess.CompletedProcess[str]:
@@ -51,6 +49,10 @@ def config(env_values: tuple[dict[str, str], Path]) -> dict[str, Any]:
     return yaml.safe_load(result.stdout)
 
 
+def _targets(service: dict[str, Any]) -> list[str]:
+    return [v.split(":")[1] if isinstance(v, str) else v["target"] for v in service.get("volumes", [])]
+
+
 def test_services_health_checks_and_wiring(config: dict[str, Any], env_values: Any) -> None:
     values, _ = env_values
     services = config["services"]
@@ -58,7 +60,7 @@ def test_services_health_checks_and_wiring(config: dict[str, Any], env_values: A
     for name in LONG_RUNNING:
         assert services[name]["healthcheck"]["test"], name
         assert services[name]["network_mode"] == "host", name
-    for name in ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"):
+    for name in AIRFLOW:
         depends = services[name]["depends_on"]
         assert depends["devchain"]["condition"] == "service_healthy"
         assert depends["airflow-init"]["condition"] == "service_completed_successfully"
@@ -66,13 +68,69 @@ def test_services_health_checks_and_wiring(config: dict[str, Any], env_values: A
         assert env["AIRFLOW_CONN_NVFL_STORAGE_DEFAULT"] == values["AIRFLOW_CONN_NVFL_STORAGE_DEFAULT"]
         assert values["POSTGRES_PASSWORD"] in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
     assert services["airflow-init"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    # The workloads' engine: the scheduler (runs tasks) and triggerer (watches workloads) get the socket.
-    for name in ("airflow-scheduler", "airflow-triggerer"):
-        targets = [v.split(":")[1] if isinstance(v, str) else v["target"] for v in services[name]["volumes"]]
-        assert "/var/run/docker.sock" in targets, name
-    docker_conn = json.loads(values["AIRFLOW_CONN_NVFL_DOCKER"])
-    target = DockerTarget.from_extra(docker_conn["extra"], "nvfl_docker")
-    assert target.url == "unix:///var/run/docker.sock" and target.advertised_host == "127.0.0.1"
+    # The workloads' engine: only the gateways get the socket (they start their providers' workloads).
+    for name, service in services.items():
+        assert ("/var/run/docker.sock" in _targets(service)) == (name in GATEWAYS), name
+
+
+def test_each_gateway_has_its_own_key_and_a_valid_config(config: dict[str, Any], env_values: Any) -> None:
+    values, _ = env_values
+    services = config["services"]
+    for name, provider in GATEWAYS.items():
+        service = services[name]
+        assert service["command"] == ["python", "-m", "airflow_nevermined_fl.compose", "gateway"]
+        assert service["depends_on"]["devchain"]["condition"] == "service_healthy"
+        env = service["environment"]
+        assert env["NVFL_GATEWAY_KEY"] == chain.account(provider.account).key.to_0x_hex()
+        assert env["NVFL_GATEWAY_S3_SECRET_KEY"] == values["MINIO_ROOT_PASSWORD"]
+        document = json.loads(env["NVFL_GATEWAY_CONFIG"])
+        gateway = parse(document)  # what `nvfl gateway serve` accepts
+        assert (gateway.name, gateway.host) == (provider.name, "127.0.0.1")
+        assert gateway.rpc_url == "http://127.0.0.1:8545"
+        assert str(gateway.deployment_file) == compose.DEPLOYMENT_FILE
+        (offer,) = gateway.services
+        assert (offer.type, offer.price) == (provider.type, provider.price)
+        assert (offer.dataset or "").startswith("s3://nvfl/") == (provider.type == "fl-participant")
+        assert gateway.backend == "docker"
+        target = DockerTarget.from_extra(gateway.backend_connection["extra"], name)
+        assert target.url == "unix:///var/run/docker.sock" and target.advertised_host == "127.0.0.1"
+        assert not any(key in json.dumps(document) for key in PROVIDER_KEYS)  # the key is a separate secret
+    configs = [json.loads(services[name]["environment"]["NVFL_GATEWAY_CONFIG"]) for name in GATEWAYS]
+    assert len({c["listen"]["port"] for c in configs}) == len(GATEWAYS)
+
+
+def test_no_provider_key_reaches_airflow(config: dict[str, Any]) -> None:
+    for name, service in config["services"].items():
+        if name.startswith("airflow-"):
+            env = json.dumps(service["environment"])
+            assert not any(key in env for key in PROVIDER_KEYS), name
+            conns = {k for k in service["environment"] if k.startswith("AIRFLOW_CONN_")}
+            assert conns == {"AIRFLOW_CONN_NEVERMINED_CONSUMER", "AIRFLOW_CONN_NVFL_STORAGE_DEFAULT"}, name
+
+
+def test_gateway_entry_writes_its_secret_files_and_drops_them_from_its_environment(
+    env_values: Any, tmp_path: Path
+) -> None:
+    values, _ = env_values
+    document = json.loads(values["NVFL_GATEWAY_PROVIDER_1_CONFIG"])
+    document["key_file"] = str(tmp_path / "key")
+    document["storage"]["credentials_file"] = str(tmp_path / "storage.json")
+    environ = {
+        "NVFL_GATEWAY_CONFIG": json.dumps(document),
+        "NVFL_GATEWAY_KEY": values["NVFL_GATEWAY_PROVIDER_1_KEY"],
+        "NVFL_GATEWAY_S3_ACCESS_KEY": values["MINIO_ROOT_USER"],
+        "NVFL_GATEWAY_S3_SECRET_KEY": values["MINIO_ROOT_PASSWORD"],
+        "PATH": "/usr/bin",
+    }
+    path = compose.write_gateway_files(environ)
+    assert set(environ) == {"NVFL_GATEWAY_CONFIG", "PATH"}
+    gateway = parse(json.loads(path.read_text()))
+    assert gateway.private_key() == values["NVFL_GATEWAY_PROVIDER_1_KEY"]
+    assert gateway.storage.credentials() == {
+        "access_key": values["MINIO_ROOT_USER"],
+        "secret_key": values["MINIO_ROOT_PASSWORD"],
+    }
+    assert {(tmp_path / f).stat().st_mode & 0o777 for f in ("key", "storage.json")} == {0o600}
 
 
 def test_connections_parse_as_airflow_connections(env_values: Any) -> None:
@@ -90,7 +148,7 @@ def test_connections_parse_as_airflow_connections(env_values: Any) -> None:
 def test_no_default_secrets_and_a_clear_error_without_env(env_values: Any, tmp_path: Path) -> None:
     values, _ = env_values
     text = COMPOSE_FILE.read_text()
-    secret_keys = ("PASSWORD", "SECRET", "AIRFLOW_CONN_")
+    secret_keys = ("PASSWORD", "SECRET", "AIRFLOW_CONN_", "_KEY")
     assert not [k for k, v in values.items() if any(s in k for s in secret_keys) and v in text]
     empty = tmp_path / ".env"
     empty.write_text("")

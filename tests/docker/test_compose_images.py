@@ -52,11 +52,21 @@ def run_container(engine: Any) -> Iterator[Any]:
 def test_airflow_image_loads_the_provider_and_parses_the_dags(
     compose_images: dict[str, str], run_container: Any, engine: Any
 ) -> None:
-    container = run_container(compose_images["airflow_image"], ["python", "-c", PROBE])
-    assert engine.wait(container, timeout=120)["StatusCode"] == 0, engine.logs(container).decode()[-3000:]
-    lines = [x for x in engine.logs(container).decode().splitlines() if x.startswith("PROBE ")]
-    probe = json.loads(lines[-1].removeprefix("PROBE "))
-    assert probe == {"dags": ["fl_retraining", "fl_session"], "errors": {}, "provider": True}
+    """``fl_retraining`` exists only where ``NVFL_SESSION_PROVIDERS`` names its default providers."""
+
+    def probe(env: dict[str, str] | None) -> dict[str, Any]:
+        container = run_container(compose_images["airflow_image"], ["python", "-c", PROBE], env=env)
+        assert engine.wait(container, timeout=120)["StatusCode"] == 0, engine.logs(container).decode()[-3000:]
+        lines = [x for x in engine.logs(container).decode().splitlines() if x.startswith("PROBE ")]
+        return json.loads(lines[-1].removeprefix("PROBE "))
+
+    providers = {
+        "coordinator": {"did": "did:nv:" + "1" * 64},
+        "data_providers": [{"did": "did:nv:" + "2" * 64}],
+    }
+    assert probe(None) == {"dags": ["fl_session"], "errors": {}, "provider": True}
+    with_providers = probe({"NVFL_SESSION_PROVIDERS": json.dumps(providers)})
+    assert with_providers == {"dags": ["fl_retraining", "fl_session"], "errors": {}, "provider": True}
 
 
 def _rpc(port: int, method: str, *params: str) -> Any:

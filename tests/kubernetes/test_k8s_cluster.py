@@ -4,7 +4,7 @@ the run; the same with the participants outside the cluster (local processes rea
 NodePort / LoadBalancer URL); and a failed start (image that cannot be pulled) torn down without orphans.
 
 Runs only when ``NVFL_TEST_KUBECONFIG`` names a kubeconfig; otherwise skips with the reason (``-ra``).
-No cluster can run on the development machine. See README "## Kubernetes" for kind / k3s.
+No cluster can run on the development machine. See docs/kubernetes.md for kind / k3s.
 
 Environment:
   NVFL_TEST_KUBECONFIG      kubeconfig of the cluster (required)

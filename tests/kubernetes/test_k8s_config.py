@@ -12,7 +12,6 @@ from k8s_specs import coordinator_spec, participant_spec
 
 from airflow_nevermined_fl.launchers import get_launcher
 from airflow_nevermined_fl.launchers.k8s_config import KubernetesConfigError, parse
-from airflow_nevermined_fl.params import ConfError, validate_conf
 
 BAD_CONFIGS = [
     ({"service_type": "ExternalName"}, "extra.nvfl.service_type: 'ExternalName' is not one of"),
@@ -76,14 +75,6 @@ def test_missing_or_unknown_conn_id() -> None:
         get_launcher("kubernetes", None)
     with pytest.raises(KubernetesConfigError, match=r"backend_conn_id: connection 'nvfl_no_such_k8s' is not"):
         get_launcher("kubernetes", "nvfl_no_such_k8s")
-
-
-def test_session_conf_needs_a_conn_id_for_kubernetes() -> None:
-    conf = {"coordinator": {"name": "coordinator", "conn_id": "c", "price": 1, "backend": "kubernetes"}}
-    with pytest.raises(
-        ConfError, match=r"conf.coordinator.backend_conn_id: required for backend 'kubernetes'"
-    ):
-        validate_conf(conf)
 
 
 BAD_SPECS = [

@@ -1,0 +1,249 @@
+"""A gateway's checks before it computes: nothing is launched unless every one passes.
+
+The agreement must be for one of this gateway's published assets, exist on chain with this service's
+terms, have its payment locked and its compute condition open; the workflow DDO must be registered by the
+consumer, match its on-chain checksum, and ask this provider for what its service runs. Each refusal is a
+:class:`Refusal` whose HTTP status and detail name what is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from airflow_nevermined_fl import ddo
+from airflow_nevermined_fl.contracts.errors import ChainError, InvalidInputError
+from airflow_nevermined_fl.contracts.keeper import ComputeAgreement, StateError, UnknownAgreementError
+from airflow_nevermined_fl.gateway.config import Service
+from airflow_nevermined_fl.gateway.publish import load_assets
+from airflow_nevermined_fl.gateway.resources import FetchError, Provider
+from airflow_nevermined_fl.gateway.workloads import CoordinatorPlan, ParticipantPlan, module_of
+
+PARAMETERS = ("sessionId", "rounds", "epochs", "minParticipants", "participantsRatio", "model", "heartbeat")
+MAX_MODEL = 500_000_000
+NOT_PUBLISHED = "not published: run `nvfl gateway publish`"
+
+
+class Refusal(Exception):
+    """A request the gateway refuses: HTTP ``status`` and a ``detail`` naming what is wrong."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Offer:
+    """A configured service, its published asset (None: not published as configured), why it is not ready."""
+
+    service: Service
+    asset: dict[str, Any] | None
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class Order:
+    """A compute request that passed every check: what to launch, for which agreement."""
+
+    service: Service
+    did: str
+    agreement: ComputeAgreement
+    workflow_did: str
+    session_id: str
+    plan: CoordinatorPlan | ParticipantPlan
+
+
+def offers(provider: Provider) -> list[Offer]:
+    """Every configured service with its published asset and readiness."""
+    assets = {a["name"]: a for a in load_assets(provider.config)}
+    result = []
+    for service in provider.config.services:
+        asset = assets.get(service.name)
+        if asset is None or (asset["type"], asset["price"]) != (service.type, service.price):
+            result.append(Offer(service, None, NOT_PUBLISHED))
+        elif service.dataset and not provider.dataset_present(service):
+            result.append(Offer(service, asset, "dataset missing or unreadable"))
+        else:
+            result.append(Offer(service, asset, None))
+    return result
+
+
+def parse_request(agreement_id: str, body: Any) -> tuple[dict[str, Any], str]:
+    """The body's agreement and workflow DID, its agreement id the path's (400 otherwise)."""
+    if not isinstance(body, dict) or not isinstance(body.get("agreement"), dict):
+        raise Refusal(400, 'body: expected {"workflow_did": "did:nv:...", "agreement": {...}}')
+    if not isinstance(body.get("workflow_did"), str):
+        raise Refusal(400, "body.workflow_did: expected a DID string")
+    if body["agreement"].get("agreement_id") != agreement_id:
+        raise Refusal(
+            400, f"agreement id in the path ({agreement_id}) differs from the body's agreement.agreement_id"
+        )
+    return body["agreement"], body["workflow_did"]
+
+
+def check_execute(provider: Provider, caller: str, agreement_id: str, body: Any) -> Order:
+    """Every check before a launch, in order; :class:`Refusal` at the first that fails."""
+    terms, workflow_did = parse_request(agreement_id, body)
+    if str(terms.get("consumer", "")).lower() != caller.lower():
+        raise Refusal(403, f"signer {caller} is not the agreement's consumer {terms.get('consumer')}")
+    did = str(terms.get("did", "")).lower()
+    offer = next((o for o in offers(provider) if o.asset and o.asset["did"] == did), None)
+    if offer is None:
+        raise Refusal(403, f"agreement for another provider's asset: {did} is not published by this gateway")
+    if offer.reason:
+        raise Refusal(503, f"service {offer.service.name} is not ready: {offer.reason}")
+    agreement = _verified_agreement(provider, terms, caller, did, offer.service.price)
+    doc = verified_ddo(provider, workflow_did, caller, "workflow")
+    if offer.service.type == "fl-coordinator":
+        session_id, plan = _coordinator_plan(provider, workflow_did, doc)
+    else:
+        session_id, plan = _participant_plan(provider, caller, workflow_did, doc, did, offer.service)
+    return Order(offer.service, did, agreement, workflow_did, session_id, plan)
+
+
+def _verified_agreement(
+    provider: Provider, terms: dict[str, Any], caller: str, did: str, price: int
+) -> ComputeAgreement:
+    try:
+        return provider.keeper.verify_compute_agreement(terms, consumer=caller, did=did, amount=price)
+    except UnknownAgreementError as exc:
+        raise Refusal(404, str(exc)) from None
+    except InvalidInputError as exc:
+        raise Refusal(403, str(exc)) from None
+    except StateError as exc:
+        raise Refusal(409, str(exc)) from None
+    except ChainError as exc:
+        raise Refusal(502, f"chain: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise Refusal(400, f"agreement: malformed ({exc})") from None
+
+
+def verified_ddo(provider: Provider, did: str, owner: str | None, what: str) -> dict[str, Any]:
+    """The DDO registered for ``did`` (by ``owner`` unless None), fetched from its registered URL and
+    matching the checksum registered on chain."""
+    try:
+        record = provider.keeper.get_did(did)
+    except InvalidInputError as exc:
+        raise Refusal(404, f"{what} {did}: {exc}") from None
+    except ChainError as exc:
+        raise Refusal(502, f"chain: {exc}") from None
+    if owner is not None and record.owner.lower() != owner.lower():
+        raise Refusal(403, f"{what} {did} is registered by {record.owner}, not by the consumer {owner}")
+    try:
+        doc = json.loads(provider.read(record.url))
+    except (FetchError, ValueError) as exc:
+        raise Refusal(502, f"{what} {did}: DDO unavailable at its registered URL: {exc}") from None
+    try:
+        matches = doc["id"] == record.did and ddo.ddo_checksum(doc).lower() == record.checksum.lower()
+    except (KeyError, IndexError, TypeError):
+        matches = False
+    if not matches:
+        raise Refusal(
+            409, f"{what} DDO checksum mismatch: the DDO of {did} is not the one registered on chain"
+        )
+    return doc
+
+
+def _content(did: str, check: Any, detail: str) -> None:
+    if not check:
+        raise Refusal(409, f"workflow {did}: {detail}")
+
+
+def _malformed(did: str, exc: Exception) -> Refusal:
+    return Refusal(409, f"workflow {did}: malformed DDO ({type(exc).__name__}: {exc})")
+
+
+def _for_me(
+    provider: Provider, did: str, main: dict[str, Any], kind: str, entrypoint: str, module: str
+) -> None:
+    _content(
+        did, main.get("type") == kind, f"type {main.get('type')!r}, this service runs {kind!r} workflows"
+    )
+    _content(
+        did,
+        str(main.get("provider", "")).lower() == provider.address.lower(),
+        f"names provider {main.get('provider')}, not this gateway's {provider.address}",
+    )
+    _content(did, module_of(entrypoint) == module, f"runs {entrypoint!r}; this service runs {module}")
+
+
+def _coordinator_plan(provider: Provider, did: str, doc: dict[str, Any]) -> tuple[str, CoordinatorPlan]:
+    try:
+        main = ddo.main_block(doc)
+        container = main["workflow"]["coordinator"]
+        _for_me(provider, did, main, "fl-coordinator", container["entrypoint"], ddo.COORDINATOR_MODULE)
+        parameters = main["parameters"]
+        missing = [name for name in PARAMETERS if name not in parameters]
+        _content(did, not missing, f"parameters lack {missing}")
+        _content(
+            did, isinstance(parameters["model"], dict) and "name" in parameters["model"], "model: no name"
+        )
+        initial = initial_model(provider, parameters.get("initialModel"))
+        return str(parameters["sessionId"]), CoordinatorPlan(container, parameters, initial)
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
+        raise _malformed(did, exc) from None
+
+
+def _participant_plan(
+    provider: Provider, caller: str, did: str, doc: dict[str, Any], asset_did: str, service: Service
+) -> tuple[str, ParticipantPlan]:
+    try:
+        main = ddo.main_block(doc)
+        stage = main["workflow"]["stages"][0]
+        container = stage["requirements"]["container"]
+        _for_me(provider, did, main, "workflow", container["entrypoint"], ddo.PARTICIPANT_MODULE)
+        data = stage["input"][0]["id"]
+        _content(
+            did, str(data).lower() == asset_did, f"trains on {data}, not on this gateway's asset {asset_did}"
+        )
+        coordinator_did = stage["transformation"]["id"]
+        coordinator = verified_ddo(provider, coordinator_did, caller, "coordinator workflow")
+        coordinator_main = ddo.main_block(coordinator)
+        kind = coordinator_main.get("type")
+        _content(did, kind == "fl-coordinator", f"its coordinator {coordinator_did} is of type {kind!r}")
+        parameters = coordinator_main["parameters"]
+        info = coordinator["service"][0]["attributes"].get("additionalInformation") or {}
+        url, storage = info.get("coordinatorUrl"), info.get("sessionStorage")
+        if (
+            not url
+            or not isinstance(storage, dict)
+            or not (storage.get("url") and storage.get("endpoint_url"))
+        ):
+            raise Refusal(
+                409,
+                f"coordinator not published yet: {coordinator_did} has no coordinatorUrl and sessionStorage",
+            )
+        session_id = str(parameters["sessionId"])
+        output = stage.get("output", {}).get("sessionId")
+        _content(did, output == session_id, f"session {output!r} is not its coordinator's {session_id!r}")
+        plan = ParticipantPlan(
+            container=container,
+            coordinator_url=str(url),
+            session_storage={"url": str(storage["url"]), "endpoint_url": str(storage["endpoint_url"])},
+            model=stage["transformation"]["model"],
+            heartbeat=float(parameters["heartbeat"]),
+            dataset=str(service.dataset),
+        )
+        return session_id, plan
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
+        raise _malformed(did, exc) from None
+
+
+def initial_model(provider: Provider, initial: Any) -> str | None:
+    """Warm start: an ``s3://`` URL as is, a model DID resolved to its file (its sha256 verified)."""
+    if not initial or (isinstance(initial, str) and initial.startswith("s3://")):
+        return initial or None
+    if not isinstance(initial, str) or not initial.startswith("did:nv:"):
+        raise Refusal(409, f"initialModel: expected an s3:// URL or a model DID, got {initial!r}")
+    doc = verified_ddo(provider, initial, None, "initial model")
+    model_file = ddo.main_block(doc)["files"][0]
+    try:
+        digest = hashlib.sha256(provider.read(model_file["url"], MAX_MODEL)).hexdigest()
+    except FetchError as exc:
+        raise Refusal(502, f"initial model {initial}: {exc}") from None
+    if "0x" + digest != model_file["checksum"]:
+        raise Refusal(409, f"initial model {initial}: model file checksum mismatch")
+    return model_file["url"]

@@ -1,0 +1,141 @@
+"""The consumer's client of a provider gateway: public ``info``/``ddo``, signed compute calls.
+
+``sign`` is the consumer's EIP-191 signer (``Keeper.sign_message``): the key itself never reaches this
+module. ``audience`` is the gateway's provider address (from its asset DDO), bound into every signature.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+
+from airflow_nevermined_fl.gateway import API
+from airflow_nevermined_fl.gateway.auth import signed_headers
+
+TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+
+
+class GatewayError(RuntimeError):
+    """A gateway call failed: unreachable (``status_code`` None) or answered an error."""
+
+    def __init__(self, endpoint: str, status_code: int | None, detail: Any) -> None:
+        super().__init__(
+            f"gateway {endpoint}: " + (f"HTTP {status_code}: {detail}" if status_code else detail)
+        )
+        self.endpoint = endpoint
+        self.status_code = status_code
+        self.detail = detail
+
+
+def _answer(endpoint: str, response: httpx.Response) -> Any:
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        raise GatewayError(endpoint, response.status_code, detail)
+    return response.json()
+
+
+class GatewayClient:
+    """Calls to one gateway at ``endpoint`` (``http(s)://host:port``)."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        audience: str,
+        address: str | None = None,
+        sign: Callable[[str], str] | None = None,
+        ca_file: str | None = None,
+        timeout: httpx.Timeout | float = TIMEOUT,
+    ) -> None:
+        self.endpoint = endpoint.rstrip("/")
+        self.audience = audience
+        self.address = address
+        self._sign = sign
+        self._verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
+        self._timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"GatewayClient({self.endpoint!r})"
+
+    def _headers(self, method: str, path: str, body: bytes) -> dict[str, str]:
+        if self._sign is None or self.address is None:
+            return {}
+        return signed_headers(self._sign, self.address, method, path, self.audience, body)
+
+    def _prepare(self, method: str, path: str, payload: Any) -> tuple[bytes, dict[str, str]]:
+        body = json.dumps(payload).encode() if payload is not None else b""
+        headers = self._headers(method, path, body)
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
+        return body, headers
+
+    def request(
+        self, method: str, path: str, payload: Any = None, params: dict[str, Any] | None = None
+    ) -> Any:
+        body, headers = self._prepare(method, path, payload)
+        try:
+            with httpx.Client(verify=self._verify, timeout=self._timeout) as http:
+                response = http.request(
+                    method, self.endpoint + path, content=body, headers=headers, params=params
+                )
+        except httpx.HTTPError as exc:
+            raise GatewayError(self.endpoint, None, f"unreachable: {type(exc).__name__}: {exc}") from None
+        return _answer(self.endpoint, response)
+
+    async def arequest(self, method: str, path: str, payload: Any = None) -> Any:
+        body, headers = self._prepare(method, path, payload)
+        try:
+            async with httpx.AsyncClient(verify=self._verify, timeout=self._timeout) as http:
+                response = await http.request(method, self.endpoint + path, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise GatewayError(self.endpoint, None, f"unreachable: {type(exc).__name__}: {exc}") from None
+        return _answer(self.endpoint, response)
+
+    # -- public ---------------------------------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        """Provider address, services (asset DID, type, price, ready), backend, capacity, version."""
+        return self.request("GET", f"{API}/info")
+
+    def ddo(self, did: str) -> dict[str, Any]:
+        """The asset DDO the gateway publishes for ``did``."""
+        return self.request("GET", f"{API}/ddo/{did}")
+
+    # -- signed, per agreement ------------------------------------------------------------------------------
+
+    def execute(self, agreement: dict[str, Any], workflow_did: str) -> dict[str, Any]:
+        """Start (or find) the execution of ``agreement`` (a ``ComputeAgreement`` dict) for
+        ``workflow_did``."""
+        path = f"{API}/compute/execute/{agreement['agreement_id']}"
+        return self.request("POST", path, {"workflow_did": workflow_did, "agreement": agreement})
+
+    def status(self, agreement_id: str) -> dict[str, Any]:
+        return self.request("GET", f"{API}/compute/status/{agreement_id}")
+
+    async def astatus(self, agreement_id: str) -> dict[str, Any]:
+        return await self.arequest("GET", f"{API}/compute/status/{agreement_id}")
+
+    def logs(self, agreement_id: str, tail: int = 100) -> str:
+        return self.request("GET", f"{API}/compute/logs/{agreement_id}", params={"tail": tail})["logs"]
+
+    def follow_logs(self, agreement_id: str) -> Iterator[str]:
+        """The workload's log lines as they are written, until it ends."""
+        path = f"{API}/compute/logs/{agreement_id}"
+        _, headers = self._prepare("GET", path, None)
+        with (
+            httpx.Client(verify=self._verify, timeout=httpx.Timeout(None, connect=5.0)) as http,
+            http.stream("GET", self.endpoint + path, headers=headers, params={"follow": "true"}) as response,
+        ):
+            if response.status_code >= 400:
+                response.read()
+                _answer(self.endpoint, response)
+            yield from response.iter_lines()
+
+    def stop(self, agreement_id: str) -> dict[str, Any]:
+        return self.request("POST", f"{API}/compute/stop/{agreement_id}")

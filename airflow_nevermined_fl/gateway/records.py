@@ -1,0 +1,99 @@
+"""Execution records: one JSON file per agreement, ``<state_dir>/executions/<agreement_id>.json``.
+
+A record holds the agreement and the workload record (never a secret), so a restarted gateway finds its
+executions again; the consumer sees only its :meth:`Execution.status`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from airflow_nevermined_fl.gateway.checks import Refusal
+from airflow_nevermined_fl.gateway.publish import write_json
+
+AGREEMENT_ID = re.compile(r"0x[0-9a-f]{64}")
+STATUS_FIELDS = (
+    "agreement_id",
+    "service",
+    "role",
+    "did",
+    "workflow_did",
+    "consumer",
+    "session_id",
+    "state",
+    "exit_code",
+    "started",
+    "coordinator_url",
+    "coordinator",
+    "storage",
+    "settlement",
+)
+
+
+def _unsettled() -> dict[str, Any]:
+    return {"compute_tx": None, "release_tx": None, "settled": False, "error": None}
+
+
+@dataclass
+class Execution:
+    """One agreement's workload and its outcome; ``state``: running, finished, failed or stopped."""
+
+    agreement_id: str
+    service: str
+    role: str
+    did: str
+    workflow_did: str
+    consumer: str
+    session_id: str
+    started: float
+    agreement: dict[str, Any]
+    workload: dict[str, Any]
+    state: str = "running"
+    exit_code: int | None = None
+    coordinator_url: str | None = None
+    coordinator: dict[str, Any] | None = None
+    storage: dict[str, str] | None = None
+    settlement: dict[str, Any] = field(default_factory=_unsettled)
+    stopped: bool = False
+
+    def status(self) -> dict[str, Any]:
+        """What the consumer sees (never the workload record: it names the provider's data)."""
+        return {name: getattr(self, name) for name in STATUS_FIELDS}
+
+    @property
+    def idle(self) -> bool:
+        """Nothing left to watch: ended, and settled if finished."""
+        return self.state != "running" and (self.state != "finished" or self.settlement["settled"])
+
+
+class Records:
+    """The execution records in ``directory``, and one lock per agreement for whoever changes one."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+
+    def lock(self, agreement_id: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(agreement_id, threading.Lock())
+
+    def path(self, agreement_id: str) -> Path:
+        if not AGREEMENT_ID.fullmatch(agreement_id):
+            raise Refusal(400, f"agreement id: expected 0x + 64 lowercase hex, got {agreement_id!r}")
+        return self.directory / f"{agreement_id}.json"
+
+    def get(self, agreement_id: str) -> Execution | None:
+        path = self.path(agreement_id)
+        return Execution(**json.loads(path.read_text())) if path.exists() else None
+
+    def save(self, execution: Execution) -> None:
+        write_json(self.path(execution.agreement_id), asdict(execution))
+
+    def ids(self) -> list[str]:
+        return sorted(p.stem for p in self.directory.glob("0x*.json")) if self.directory.is_dir() else []

@@ -1,0 +1,124 @@
+"""A gateway's own resources, built from its config: its chain account and its storage.
+
+The gateway imports no Airflow: its chain logic is the :class:`~airflow_nevermined_fl.contracts.keeper.Keeper`
+and its storage a plain boto3 client with the credentials of its own config.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from airflow_nevermined_fl.contracts.deployment import load_deployment
+from airflow_nevermined_fl.contracts.keeper import HOOK_CONTRACTS, Keeper, KeeperSettings
+from airflow_nevermined_fl.gateway.config import GatewayConfig, Service
+
+MAX_DOCUMENT = 1_000_000
+"""Largest DDO the gateway fetches (bytes)."""
+
+
+class FetchError(RuntimeError):
+    """A URL could not be read; the message names the URL, never a credential."""
+
+
+def split_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/key`` -> ``(bucket, key)``; :class:`FetchError` otherwise."""
+    match = re.fullmatch(r"s3://([^/]+)/(.+)", url)
+    if not match:
+        raise FetchError(f"expected an s3://bucket/key URL, got {url!r}")
+    return match.group(1), match.group(2)
+
+
+class Provider:
+    """The provider's account (``keeper``, ``address``) and storage (``s3``) as its config gives them."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.keeper = Keeper(
+            KeeperSettings(
+                rpc_url=config.rpc_url,
+                private_key=config.private_key(),
+                deployment=load_deployment(config.deployment_file, HOOK_CONTRACTS),
+                chain_id=config.chain_id,
+                where=f"gateway {config.name}",
+            )
+        )
+        self.address = self.keeper.account().address
+
+    @property
+    def chain_id(self) -> int | None:
+        configured = self.config.chain_id
+        return configured if configured is not None else self.keeper.keeper_settings().deployment.chain_id
+
+    @cached_property
+    def s3(self) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        storage, creds = self.config.storage, self.config.storage.credentials()
+        return boto3.client(
+            "s3",
+            endpoint_url=storage.endpoint_url,
+            region_name=storage.region_name,
+            aws_access_key_id=creds["access_key"],
+            aws_secret_access_key=creds["secret_key"],
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3}),
+        )
+
+    def read(self, url: str, limit: int = MAX_DOCUMENT) -> bytes:
+        """The content at an ``s3://`` (this gateway's storage) or ``http(s)://`` URL (at most ``limit``
+        bytes)."""
+        if url.startswith("s3://"):
+            from botocore.exceptions import BotoCoreError, ClientError
+
+            bucket, key = split_s3_url(url)
+            try:
+                obj = self.s3.get_object(Bucket=bucket, Key=key)
+                if obj["ContentLength"] > limit:
+                    raise FetchError(f"{url}: larger than {limit} bytes")
+                return obj["Body"].read()
+            except (BotoCoreError, ClientError) as exc:
+                raise FetchError(f"{url}: {type(exc).__name__}: {exc}") from None
+        if url.startswith(("http://", "https://")):
+            try:
+                with httpx.stream("GET", url, timeout=10.0) as response:
+                    response.raise_for_status()
+                    data = b""
+                    for chunk in response.iter_bytes():
+                        data += chunk
+                        if len(data) > limit:
+                            raise FetchError(f"{url}: larger than {limit} bytes")
+                    return data
+            except httpx.HTTPError as exc:
+                raise FetchError(f"{url}: {type(exc).__name__}: {exc}") from None
+        raise FetchError(f"unsupported URL {url!r}: expected s3:// or http(s)://")
+
+    def read_dataset(self, service: Service, limit: int) -> bytes:
+        """A participant service's dataset (local path or ``s3://``); errors never name its location."""
+        assert service.dataset is not None
+        try:
+            if service.dataset.startswith("s3://"):
+                return self.read(service.dataset, limit)
+            path = Path(service.dataset)
+            if path.stat().st_size > limit:
+                raise FetchError("larger than the limit")
+            return path.read_bytes()
+        except (OSError, FetchError) as exc:
+            reason = type(exc).__name__ if isinstance(exc, OSError) else "unreadable"
+            raise FetchError(f"service {service.name}: dataset unreadable ({reason})") from None
+
+    def dataset_present(self, service: Service) -> bool:
+        """Whether a participant service's dataset exists (never raises)."""
+        assert service.dataset is not None
+        if not service.dataset.startswith("s3://"):
+            return Path(service.dataset).is_file()
+        try:
+            bucket, key = split_s3_url(service.dataset)
+            self.s3.head_object(Bucket=bucket, Key=key)
+        except Exception:  # noqa: BLE001 - any failure means "not present" for the readiness report
+            return False
+        return True
