@@ -149,7 +149,9 @@ def start(
     write_password_file(password_file)
     (airflow_home / "config").mkdir(exist_ok=True)
     (airflow_home / "config" / "airflow_local_settings.py").write_text(LOCAL_SETTINGS)
-    env = {**os.environ, **airflow_env(airflow_home, port, password_file, dags_folder), **extra_env}
+    # Its connections are exactly ``extra_env``'s: none inherited from the caller's environment.
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW_CONN_")}
+    env = {**inherited, **airflow_env(airflow_home, port, password_file, dags_folder), **extra_env}
     logs = airflow_home / "logs"
     migrate = process.start([_airflow_bin(), "db", "migrate"], logs / "db-migrate.log", env=env)
     while process.pid_alive(migrate):

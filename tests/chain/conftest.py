@@ -1,5 +1,4 @@
-"""One real anvil with the Nevermined contracts for the chain tests (devstack "chain" component); its
-connections (every actor's key) leave the environment when the package is done."""
+"""One real anvil with the Nevermined contracts for the whole session (devstack "chain" component)."""
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ import pytest
 from airflow_nevermined_fl.devstack import chain
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="session")
 def devchain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A started chain (free port, contracts deployed, consumer funded) and Airflow connections to it."""
     state = chain.up(tmp_path_factory.mktemp("devchain"), None)
@@ -26,7 +25,7 @@ def devchain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
         chain.down(state)
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="session")
 def w3(devchain: dict[str, Any]):  # noqa: ANN201 - web3.Web3
     from airflow_nevermined_fl.contracts.client import connect
 
@@ -51,6 +50,6 @@ class ChainTools:
         return keys + ["0x" + k for k in keys]
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="session")
 def tools(w3: Any) -> ChainTools:
     return ChainTools(w3)

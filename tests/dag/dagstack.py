@@ -84,8 +84,9 @@ class Stack:
     def airflow_env(self) -> dict[str, str]:
         from airflow_nevermined_fl.devstack.gateways import SESSION_PROVIDERS_ENV
 
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW_CONN_")}
         return {
-            **os.environ,
+            **inherited,  # the consumer's Airflow has its own connections only
             **self.conn_env,
             SESSION_PROVIDERS_ENV: json.dumps(self.providers()),
             "AIRFLOW_HOME": str(self.airflow_home),
