@@ -22,6 +22,7 @@ setup: $(BIN)/nvfl $(DEVCHAIN)/node_modules/.package-lock.json
 
 test: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/pytest
 
 demo: setup
@@ -32,3 +33,4 @@ down:
 
 lint: $(BIN)/nvfl
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports

@@ -58,15 +58,24 @@ def get_provider_info() -> dict[str, Any]:
                     "deployment_file": {
                         "label": "Deployment file",
                         "schema": {"type": ["string", "null"]},
-                        "description": "JSON with chain_id and per contract address + ABI.",
+                        "description": "JSON with chain_id and per contract address + ABI "
+                        "(or give the contract addresses instead).",
+                    },
+                    "addresses": {
+                        "label": "Contract addresses",
+                        "schema": {"type": ["object", "null"]},
+                        "description": "{contract name: address} of the Nevermined contracts, their ABIs "
+                        "from the compiled contracts; used when no deployment file is given.",
                     },
                     "chain_id": {
                         "label": "Expected chain id",
                         "schema": {"type": ["integer", "null"]},
+                        "description": "Checked against the node's chain id (empty: not checked).",
                     },
                     "rpc_retries": {
                         "label": "RPC connection attempts",
                         "schema": {"type": ["integer", "null"], "minimum": 1},
+                        "description": "Attempts to reach the RPC node before failing (empty: 5).",
                     },
                     "gateway_ca_file": {
                         "label": "Gateways' CA bundle",
@@ -75,9 +84,13 @@ def get_provider_info() -> dict[str, Any]:
                     },
                 },
                 "ui-field-behaviour": {
-                    "hidden-fields": ["schema", "port", "login"],
-                    "relabeling": {"host": "RPC URL", "password": "Account private key"},
-                    "placeholders": {"host": "http://127.0.0.1:8545"},
+                    "hidden-fields": ["schema", "login"],
+                    "relabeling": {"host": "RPC URL", "port": "RPC port", "password": "Account private key"},
+                    "placeholders": {
+                        "host": "http://127.0.0.1:8545",
+                        "port": "8545 (when the RPC URL has no scheme)",
+                        "deployment_file": "/path/to/deployment.json",
+                    },
                 },
             },
             {
@@ -90,8 +103,16 @@ def get_provider_info() -> dict[str, Any]:
                         "schema": {"type": "string"},
                         "description": "S3-compatible endpoint, e.g. SeaweedFS or AWS.",
                     },
-                    "bucket": {"label": "Bucket", "schema": {"type": "string"}},
-                    "region_name": {"label": "Region", "schema": {"type": ["string", "null"]}},
+                    "bucket": {
+                        "label": "Bucket",
+                        "schema": {"type": "string"},
+                        "description": "The bucket of the sessions' DDOs, weights and models.",
+                    },
+                    "region_name": {
+                        "label": "Region",
+                        "schema": {"type": ["string", "null"]},
+                        "description": "S3 region (empty: us-east-1).",
+                    },
                 },
                 "ui-field-behaviour": {
                     "hidden-fields": ["schema", "port", "host"],

@@ -2,9 +2,11 @@
 
 validate (provider DIDs resolved, gateways asked) -> lock_coordinator_payment + lock_payment (mapped:
 data providers) -> publish_workflow -> start_coordinator (gateway execute) -> wait_for_coordinator
-(deferred) -> start_participants (mapped gateway execute) -> wait_for_rounds (deferred) -> publish_model
+(sensor) -> start_participants (mapped gateway execute) -> wait_for_rounds (sensor) -> publish_model
 (model DID; the gateways settle their own escrow) ; teardown (a teardown task: stop on every gateway,
-refunds on failure). The consumer's Airflow holds only the consumer's key.
+refunds on failure). The consumer's Airflow holds only the consumer's key. The sensors defer to the
+triggerer (no worker slot while they wait) when deferrable: by default where Airflow's
+``[operators] default_deferrable`` is set.
 
 The lock steps run in parallel: the consumer's transactions (one nonce sequence and one ERC20 allowance
 per account) are serialized by the account's file lock in NeverminedHook, across the task processes of
@@ -37,18 +39,20 @@ def fl_session_dag(
     *,
     schedule: Any = None,
     warm_start: bool = False,
-    deferrable: bool = True,
+    deferrable: bool | None = None,
     params: dict[str, Any] | None = None,
     **dag_kwargs: Any,
 ) -> DAG:
     """Build a session DAG. ``params`` overrides the session defaults (the trigger form's values);
-    ``warm_start`` starts from the last model this DAG published; ``deferrable=False`` runs the
-    waits inside worker slots."""
+    ``warm_start`` starts from the last model this DAG published; ``deferrable``: whether the sensors
+    defer their waits to the triggerer (None: a ``deferrable`` in ``default_args``, else Airflow's
+    ``[operators] default_deferrable``); ``False`` keeps them in worker slots."""
     dag_kwargs.setdefault("start_date", datetime(2025, 1, 1))
     dag_kwargs.setdefault("catchup", False)
     dag_kwargs.setdefault("default_args", DEFAULT_ARGS)
     dag_kwargs.setdefault("tags", ["nevermined", "federated-learning"])
     dag_kwargs.setdefault("doc_md", __doc__)
+    waits: dict[str, Any] = {} if deferrable is None else {"deferrable": deferrable}
     with DAG(dag_id, schedule=schedule, params=session_params(**(params or {})), **dag_kwargs) as dag:
         validate = ValidateSessionOperator(task_id="validate", warm_start=warm_start, retries=0)
         session = XComArg(validate, key="session")
@@ -72,7 +76,8 @@ def fl_session_dag(
             session=session,
             coordinator=start.output,
             workflow=publish.output,
-            deferrable=deferrable,
+            timeout=120,  # a coordinator serves within seconds of its start
+            **waits,
         )
         participants = StartParticipantOperator.partial(
             task_id="start_participants",
@@ -83,7 +88,7 @@ def fl_session_dag(
         ).expand(provider=data_providers)
         url >> participants
         rounds = WaitForRoundsSensor(
-            task_id="wait_for_rounds", session=session, coordinator=url.output, deferrable=deferrable
+            task_id="wait_for_rounds", session=session, coordinator=url.output, **waits
         )
         participants >> rounds
         model = PublishModelOperator(

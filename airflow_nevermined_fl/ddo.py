@@ -15,10 +15,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from airflow_nevermined_fl import __version__
+from airflow_nevermined_fl.runtime.workload import COORDINATOR_MODULE, PARTICIPANT_MODULE
 
 RUNTIME_IMAGE = "airflow-nevermined-fl-runtime"
-COORDINATOR_MODULE = "airflow_nevermined_fl.runtime.coordinator"
-PARTICIPANT_MODULE = "airflow_nevermined_fl.runtime.participant"
 
 
 def canonical(data: Any) -> bytes:

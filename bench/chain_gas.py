@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow_nevermined_fl.contracts.client import connect
-from airflow_nevermined_fl.devstack import chain
+from airflow_nevermined_fl.devtools.devstack import chain
 
 TOKEN = 10**18
 

@@ -21,12 +21,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from airflow_nevermined_fl import data, images, runtime_env
-from airflow_nevermined_fl.devstack import s3
-from airflow_nevermined_fl.launchers.bare import BareSession
-from airflow_nevermined_fl.launchers.base import Launcher
-from airflow_nevermined_fl.launchers.docker import DockerLauncher, connection_json
-from airflow_nevermined_fl.launchers.local import LocalLauncher
+from airflow_nevermined_fl import runtime_env
+from airflow_nevermined_fl.devtools import data, images
+from airflow_nevermined_fl.devtools.bare import BareSession
+from airflow_nevermined_fl.devtools.devstack import s3
+from airflow_nevermined_fl.gateway.launchers.base import Launcher
+from airflow_nevermined_fl.gateway.launchers.docker import DockerLauncher, connection_json
+from airflow_nevermined_fl.gateway.launchers.local import LocalLauncher
 
 CONN_ID = "nvfl_docker_bench"
 

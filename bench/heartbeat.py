@@ -18,9 +18,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from airflow_nevermined_fl.devstack import s3
+from airflow_nevermined_fl.devtools.devstack import s3
+from airflow_nevermined_fl.devtools.session_local import LocalSession
 from airflow_nevermined_fl.runtime_env import runtime_python
-from airflow_nevermined_fl.session_local import LocalSession
 
 
 def sdk_heartbeat() -> float:

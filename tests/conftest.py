@@ -20,7 +20,7 @@ def _isolated_state(tmp_path_factory: pytest.TempPathFactory) -> None:
 @pytest.fixture(scope="session")
 def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """The devstack SeaweedFS component on 127.0.0.1, started once, stopped by pid at the end."""
-    from airflow_nevermined_fl.devstack import s3
+    from airflow_nevermined_fl.devtools.devstack import s3
 
     state = s3.up(tmp_path_factory.mktemp("seaweed"), None)
     try:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from airflow_nevermined_fl import images
+from airflow_nevermined_fl.devtools import images
 
 
 def engine_url() -> str:

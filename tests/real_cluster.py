@@ -42,7 +42,7 @@ def connection_extra(**nvfl: Any) -> dict[str, Any]:
 @contextmanager
 def seaweed(home: Path) -> Iterator[dict[str, Any]]:
     """The devstack SeaweedFS, bound to the address the pods reach (instead of 127.0.0.1)."""
-    from airflow_nevermined_fl.devstack import s3
+    from airflow_nevermined_fl.devtools.devstack import s3
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(s3, "HOST", HOST_IP)

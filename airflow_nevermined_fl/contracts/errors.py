@@ -23,9 +23,17 @@ class TxRevertedError(ChainError):
         self.tx_hash = tx_hash
 
 
+class StateError(ChainError):
+    """The on-chain state does not allow this step (yet), e.g. a release before compute is fulfilled."""
+
+
 class DeploymentError(ChainError):
     """The deployment file is missing, malformed, or does not match the chain."""
 
 
 class InvalidInputError(ValueError):
     """Bad input detected before any transaction was sent."""
+
+
+class UnknownAgreementError(InvalidInputError):
+    """The agreement (its ids valid for its terms) was never created on this chain."""

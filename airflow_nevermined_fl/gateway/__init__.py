@@ -1,8 +1,7 @@
-"""Provider gateways: the service each provider runs next to its data and infrastructure.
+"""The provider side: the gateway each provider runs next to its data and infrastructure.
 
-Modelled on the Nevermined Gateway's compute endpoints. The consumer's Airflow talks to gateways only
-(:mod:`.client`), proving its address by a signed request (:mod:`.auth`); the gateway (:mod:`.app`)
-checks the agreement on chain with its own key and launches on its own backend.
+Modelled on the Nevermined Gateway's compute endpoints: it publishes the provider's compute assets
+(:mod:`.publish`), checks each agreement on chain with the provider's own key before it launches anything
+(:mod:`.checks`), runs the workloads on the provider's backend (:mod:`.launchers`), and settles its own
+escrow on completion (:mod:`.executions`). Consumers reach it through :mod:`~airflow_nevermined_fl.protocol`.
 """
-
-API = "/api/v1"

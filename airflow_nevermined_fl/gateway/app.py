@@ -22,13 +22,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from airflow_nevermined_fl import __version__
-from airflow_nevermined_fl.gateway import API, auth
 from airflow_nevermined_fl.gateway.checks import Refusal, offers
 from airflow_nevermined_fl.gateway.config import GatewayConfig, GatewayConfigError
 from airflow_nevermined_fl.gateway.executions import Executions
+from airflow_nevermined_fl.gateway.launchers import Launcher, get_launcher
 from airflow_nevermined_fl.gateway.publish import asset_ddo
 from airflow_nevermined_fl.gateway.resources import Provider
-from airflow_nevermined_fl.launchers import Launcher, get_launcher
+from airflow_nevermined_fl.protocol import API, auth
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def launcher_for(config: GatewayConfig) -> Launcher:
     """The configured backend: local processes under ``<state_dir>/workloads``, or the docker/kubernetes
     launcher on the connection of the gateway's config (put in the environment as an Airflow connection)."""
     if config.backend == "local":
-        from airflow_nevermined_fl.launchers.local import LocalLauncher
+        from airflow_nevermined_fl.gateway.launchers.local import LocalLauncher
 
         return LocalLauncher(root=config.state_dir / "workloads")
     conn_id = None

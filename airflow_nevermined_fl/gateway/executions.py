@@ -9,20 +9,20 @@ stays possible.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
 
 from airflow_nevermined_fl.gateway.checks import Order, Refusal, check_execute, parse_request
+from airflow_nevermined_fl.gateway.launchers import Launcher, Workload
 from airflow_nevermined_fl.gateway.records import Execution, Records
 from airflow_nevermined_fl.gateway.resources import Provider
 from airflow_nevermined_fl.gateway.workloads import CoordinatorPlan, labels
-from airflow_nevermined_fl.launchers import Launcher, Workload
+from airflow_nevermined_fl.runtime import status
+from airflow_nevermined_fl.runtime.workload import ExecutionState, SessionState, ended_state
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +32,7 @@ FOLLOW_LINES = 1_000_000
 def coordinator_status(workload: Workload, timeout: float = 2.0) -> dict[str, Any] | None:
     """The coordinator's ``/status`` JSON; None while it does not answer."""
     try:
-        url = f"http://{workload.endpoints['status']}/status"
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - the gateway's own workload
-            return json.loads(response.read())
+        return status.fetch(f"http://{workload.endpoints['status']}", timeout)
     except (OSError, ValueError):
         return None
 
@@ -52,7 +50,7 @@ class Executions:
     def running(self) -> int:
         """How many executions run now."""
         ids = [i for i in self.records.ids() if i not in self._idle]
-        return sum(1 for i in ids if (e := self.records.get(i)) and e.state == "running")
+        return sum(1 for i in ids if (e := self.records.get(i)) and e.state == ExecutionState.RUNNING)
 
     def authorized(self, caller: str, agreement_id: str) -> Execution:
         """The execution of ``agreement_id``, if ``caller`` is its consumer."""
@@ -121,8 +119,8 @@ class Executions:
             execution.workload = workload.to_dict()
             execution.stopped = True
             execution.exit_code = self.launcher.status(workload).exit_code
-            if execution.state == "running":
-                execution.state = "stopped"
+            if execution.state == ExecutionState.RUNNING:
+                execution.state = ExecutionState.STOPPED
             self.records.save(execution)
         log.info("agreement %s: stopped by its consumer (state %s)", agreement_id, execution.state)
         return execution
@@ -167,19 +165,19 @@ class Executions:
 
     def _refresh(self, execution: Execution) -> None:
         """A running execution's state from its workload (and, for the coordinator, its ``/status``)."""
-        if execution.state != "running":
+        if execution.state != ExecutionState.RUNNING:
             return
         workload = Workload.from_dict(execution.workload)
-        status = self.launcher.status(workload)
+        process = self.launcher.status(workload)
         if execution.role == "coordinator" and (snapshot := coordinator_status(workload)) is not None:
             execution.coordinator, execution.coordinator_url = snapshot, workload.endpoints["grpc"]
-            if snapshot.get("state") == "FINISHED" and snapshot.get("model"):
-                execution.state = "finished"
-            elif snapshot.get("state") == "FAILED":
-                execution.state = "failed"
-        if execution.state == "running" and not status.running:
-            execution.exit_code = status.exit_code
-            execution.state = "finished" if status.exit_code == 0 else "failed"
+            if snapshot.get("state") == SessionState.FINISHED and snapshot.get("model"):
+                execution.state = ExecutionState.FINISHED
+            elif snapshot.get("state") == SessionState.FAILED:
+                execution.state = ExecutionState.FAILED
+        if execution.state == ExecutionState.RUNNING and not process.running:
+            execution.exit_code = process.exit_code
+            execution.state = ended_state(process.exit_code)
 
     def _settle(self, execution: Execution) -> None:
         keeper, settlement = self.provider.keeper, execution.settlement
@@ -207,7 +205,7 @@ class Executions:
                     continue
                 before = asdict(execution)
                 self._refresh(execution)
-                if execution.state == "finished" and not execution.settlement["settled"]:
+                if execution.state == ExecutionState.FINISHED and not execution.settlement["settled"]:
                     self._settle(execution)
                 if asdict(execution) != before:
                     self.records.save(execution)

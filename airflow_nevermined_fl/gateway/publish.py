@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from airflow_nevermined_fl import ddo
-from airflow_nevermined_fl.gateway import API
 from airflow_nevermined_fl.gateway.config import GatewayConfig, GatewayConfigError, Service
 from airflow_nevermined_fl.gateway.resources import Provider
+from airflow_nevermined_fl.protocol import API
 
 MAX_DATASET = 2_000_000_000
 DID_PATTERN = re.compile(r"did:nv:[0-9a-f]{64}")

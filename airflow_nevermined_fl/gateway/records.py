@@ -15,6 +15,7 @@ from typing import Any
 
 from airflow_nevermined_fl.gateway.checks import Refusal
 from airflow_nevermined_fl.gateway.publish import write_json
+from airflow_nevermined_fl.runtime.workload import ExecutionState
 
 AGREEMENT_ID = re.compile(r"0x[0-9a-f]{64}")
 STATUS_FIELDS = (
@@ -53,7 +54,7 @@ class Execution:
     started: float
     agreement: dict[str, Any]
     workload: dict[str, Any]
-    state: str = "running"
+    state: str = ExecutionState.RUNNING
     exit_code: int | None = None
     coordinator_url: str | None = None
     coordinator: dict[str, Any] | None = None
@@ -68,7 +69,8 @@ class Execution:
     @property
     def idle(self) -> bool:
         """Nothing left to watch: ended, and settled if finished."""
-        return self.state != "running" and (self.state != "finished" or self.settlement["settled"])
+        ended = self.state != ExecutionState.RUNNING
+        return ended and (self.state != ExecutionState.FINISHED or self.settlement["settled"])
 
 
 class Records:

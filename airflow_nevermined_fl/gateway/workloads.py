@@ -6,13 +6,13 @@ own storage (secret env) and, for a participant, its own dataset: the consumer n
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from airflow_nevermined_fl.gateway.config import StorageConfig
-from airflow_nevermined_fl.launchers import Labels, Launcher, WorkloadSpec
-from airflow_nevermined_fl.launchers.base import Role
+from airflow_nevermined_fl.gateway.launchers import Labels, Launcher, WorkloadSpec
+from airflow_nevermined_fl.runtime.config import ModelSpec, SessionConfig, StorageSpec
+from airflow_nevermined_fl.runtime.workload import Role
 
 LINGER = 600
 """Seconds a finished coordinator keeps serving its final status (for the consumer to read)."""
@@ -24,37 +24,23 @@ def session_prefix(session_id: str) -> str:
 
 
 def coordinator_config(
-    parameters: dict[str, Any],
-    grpc: tuple[str, int],
-    status: tuple[str, int],
-    storage_endpoint: str,
-    bucket: str,
-    initial_model: str | None,
-) -> dict[str, Any]:
-    """The coordinator's session config, rendered from its DDO's parameters (public: no credentials)."""
-    heartbeat = float(parameters["heartbeat"])
-    config = {
-        "session_id": parameters["sessionId"],
-        "rounds": parameters["rounds"],
-        "epochs": parameters["epochs"],
-        "min_participants": parameters["minParticipants"],
-        "fraction": parameters["participantsRatio"],
-        "heartbeat_period": heartbeat,
-        "heartbeat_timeout": max(5.0, 5 * heartbeat),
-        "stall_timeout": parameters["stallTimeout"],
-        "grpc_host": grpc[0],
-        "grpc_port": grpc[1],
-        "status_host": status[0],
-        "status_port": status[1],
-        "storage": {
-            "endpoint": storage_endpoint,
-            "bucket": bucket,
-            "prefix": session_prefix(parameters["sessionId"]),
-        },
-        "model": parameters["model"] if parameters["model"]["name"] == "softmax" else {"name": "custom"},
-        "linger": LINGER,
-    }
-    return {**config, "initial_model": initial_model} if initial_model else config
+    parameters: dict[str, Any], storage_endpoint: str, bucket: str, initial_model: str | None
+) -> SessionConfig:
+    """The coordinator's session config from its DDO's parameters (public: no credentials); its ports are
+    the launcher's (:meth:`WorkloadSpec.coordinator`)."""
+    return SessionConfig(
+        session_id=parameters["sessionId"],
+        rounds=parameters["rounds"],
+        epochs=parameters["epochs"],
+        min_participants=parameters["minParticipants"],
+        fraction=parameters["participantsRatio"],
+        heartbeat_period=float(parameters["heartbeat"]),
+        stall_timeout=parameters["stallTimeout"],
+        storage=StorageSpec(bucket, session_prefix(parameters["sessionId"]), storage_endpoint),
+        model=ModelSpec.of(parameters["model"]),
+        initial_model=initial_model,
+        linger=LINGER,
+    )
 
 
 def module_of(entrypoint: str) -> str:
@@ -90,22 +76,13 @@ class CoordinatorPlan:
         return {"endpoint_url": storage.endpoint_url, "url": f"s3://{storage.bucket}/{prefix}"}
 
     def spec(self, launcher: Launcher, labels: Labels, storage: StorageConfig) -> WorkloadSpec:
-        grpc_port, status_port = launcher.free_port(), launcher.free_port()
-        config = coordinator_config(
-            self.parameters,
-            (launcher.bind_host, grpc_port),
-            (launcher.bind_host, status_port),
-            storage.endpoint_url,
-            storage.bucket,
-            self.initial_model,
-        )
-        return WorkloadSpec(
-            labels=labels,
-            module=module_of(self.container["entrypoint"]),
+        config = coordinator_config(self.parameters, storage.endpoint_url, storage.bucket, self.initial_model)
+        return WorkloadSpec.coordinator(
+            launcher,
+            labels,
+            config,
+            module_of(self.container["entrypoint"]),
             image=image_of(self.container),
-            args=["--config", "{workdir}/session.json", "--status-file", "{workdir}/status-port"],
-            ports={"grpc": grpc_port, "status": status_port},
-            files={"session.json": json.dumps(config, indent=2)},
             secret_env=storage.runtime_env(),
         )
 
@@ -123,25 +100,18 @@ class ParticipantPlan:
     dataset: str = field(repr=False)
 
     def spec(self, launcher: Launcher, labels: Labels, storage: StorageConfig) -> WorkloadSpec:
-        num_classes = ["--num-classes", str(self.model["num_classes"])] if "num_classes" in self.model else []
-        return WorkloadSpec(
-            labels=labels,
-            module=module_of(self.container["entrypoint"]),
+        return WorkloadSpec.participant(
+            labels,
+            module_of(self.container["entrypoint"]),
+            self.coordinator_url,
+            self.dataset,
+            self.session_storage["url"],
+            options={
+                "s3_endpoint": self.session_storage["endpoint_url"],
+                "model": self.model["name"],
+                "heartbeat": self.heartbeat,
+                "num_classes": self.model.get("num_classes"),
+            },
             image=image_of(self.container),
-            args=[
-                "--coordinator",
-                self.coordinator_url,
-                "--data",
-                self.dataset,
-                "--storage",
-                self.session_storage["url"],
-                "--s3-endpoint",
-                self.session_storage["endpoint_url"],
-                "--model",
-                self.model["name"],
-                "--heartbeat",
-                str(self.heartbeat),
-                *num_classes,
-            ],
             secret_env=storage.runtime_env(),
         )

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 if TYPE_CHECKING:
-    from airflow_nevermined_fl.gateway.client import GatewayClient
     from airflow_nevermined_fl.hooks.nevermined import NeverminedHook
     from airflow_nevermined_fl.hooks.storage import StorageHook
     from airflow_nevermined_fl.metadata import MetadataStore
+    from airflow_nevermined_fl.protocol.client import GatewayClient
 
 
 def nevermined(conn_id: str) -> NeverminedHook:
@@ -34,7 +34,7 @@ def metadata_store(conn_id: str) -> MetadataStore:
 
 def gateway(consumer: NeverminedHook, provider: dict[str, Any]) -> GatewayClient:
     """A client of ``provider``'s gateway (a resolved provider or payment dict) signing as the consumer."""
-    from airflow_nevermined_fl.gateway.client import GatewayClient
+    from airflow_nevermined_fl.protocol.client import GatewayClient
 
     return GatewayClient(
         provider["endpoint"],

@@ -99,7 +99,7 @@ class PublishModelOperator(SessionOperator):
     def _settlements(self, consumer: NeverminedHook, payments: list[dict[str, Any]]) -> dict[str, Any]:
         """Each provider's settlement as its gateway reports it, once all are settled (a gateway that
         does not answer for a while is asked again until ``settle_timeout``)."""
-        from airflow_nevermined_fl.gateway.client import GatewayError
+        from airflow_nevermined_fl.protocol.client import GatewayError
 
         pending = {p["name"]: p for p in payments}
         settled: dict[str, Any] = {}

@@ -101,7 +101,7 @@ class ValidateSessionOperator(BaseOperator):
     ) -> dict[str, Any]:
         """The resolved provider behind ``did``, its gateway answering and ready to serve it."""
         from airflow_nevermined_fl.contracts.errors import InvalidInputError
-        from airflow_nevermined_fl.gateway.client import GatewayClient, GatewayError
+        from airflow_nevermined_fl.protocol.client import GatewayClient, GatewayError
         from airflow_nevermined_fl.resolver import ResolveError, resolve_provider
 
         try:

@@ -17,7 +17,7 @@ from airflow_nevermined_fl.operators.payment import refund
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_nevermined_fl.gateway.client import GatewayClient
+    from airflow_nevermined_fl.protocol.client import GatewayClient
 
 LOG_TAIL = 40
 
@@ -34,7 +34,7 @@ class _ExecuteOperator(SessionOperator):
         self.payments = payments
 
     def _execute(self, name: str, workflow_did: str) -> dict[str, Any]:
-        from airflow_nevermined_fl.gateway.client import GatewayError
+        from airflow_nevermined_fl.protocol.client import GatewayError
 
         payment = by_name(as_list(self.payments))[name]
         try:
@@ -108,7 +108,7 @@ class TeardownSessionOperator(SessionOperator):
         return {"stopped": stopped, "refunds": refunds, "session_completed": bool(self.published)}
 
     def _stop(self, client: GatewayClient, payment: dict[str, Any]) -> dict[str, Any]:
-        from airflow_nevermined_fl.gateway.client import GatewayError
+        from airflow_nevermined_fl.protocol.client import GatewayError
 
         agreement_id = payment["agreement"]["agreement_id"]
         entry: dict[str, Any] = {"name": payment["name"], "role": payment["role"]}

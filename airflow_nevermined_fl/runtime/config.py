@@ -1,18 +1,23 @@
-"""The coordinator's session config (JSON or TOML), validated field by field before anything starts.
+"""The coordinator's session config: rendered by whoever starts a coordinator (:meth:`SessionConfig.to_json`),
+read back by the coordinator (JSON or TOML), validated field by field before anything starts.
 
-The config is rendered from a public DDO, so it never holds credentials: S3 keys come from the environment.
+:class:`SessionConfig` is the one typed form, its defaults the only ones: the gateway, the bare sessions and
+the benches build it and the coordinator parses into it. Standard library only, so that code outside the FL
+venv imports it too. The config is public (a gateway renders it from a DDO), so it never holds credentials:
+S3 keys come from the environment.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 BUILTIN_MODELS = ("softmax",)
 CUSTOM_MODEL = "custom"
+BUCKET = r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]"
 
 
 class ConfigError(ValueError):
@@ -26,11 +31,19 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class StorageSpec:
-    """Where weights and the final model go. ``prefix`` is "" or ends with "/"."""
+    """Where weights and the final model go. ``prefix`` is normalized to "" or ``a/b/``."""
 
     bucket: str
     prefix: str = ""
     endpoint: str | None = None
+
+    def __post_init__(self) -> None:
+        prefix = self.prefix.strip("/")
+        object.__setattr__(self, "prefix", f"{prefix}/" if prefix else "")
+
+    def to_dict(self) -> dict[str, str]:
+        data = {"bucket": self.bucket, "prefix": self.prefix}
+        return {**data, "endpoint": self.endpoint} if self.endpoint is not None else data
 
     def key(self, name: str) -> str:
         return f"{self.prefix}{name}"
@@ -47,9 +60,31 @@ class ModelSpec:
     num_features: int = 0
     num_classes: int = 0
 
+    @classmethod
+    def of(cls, model: dict[str, Any]) -> ModelSpec:
+        """A built-in model with its sizes as given (validated when parsed); anything else is ``custom``:
+        the participants bring it (``module:Class``) and initialize the weights."""
+        if model.get("name") not in BUILTIN_MODELS:
+            return cls()
+        return cls(model["name"], model.get("num_features", 0), model.get("num_classes", 0))
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.name == CUSTOM_MODEL:
+            return {"name": CUSTOM_MODEL}
+        return {"name": self.name, "num_features": self.num_features, "num_classes": self.num_classes}
+
+
+def default_heartbeat_timeout(heartbeat_period: float) -> float:
+    """How long past its heartbeat period a silent participant is kept: 5 periods, at least 5 s."""
+    return max(5.0, 5 * heartbeat_period)
+
 
 @dataclass(frozen=True)
 class SessionConfig:
+    """One coordinator's session. ``heartbeat_timeout`` None: :func:`default_heartbeat_timeout` of the
+    period. ``grpc_port``/``status_port`` 0: any free port (the coordinator reports what it bound).
+    ``linger``: seconds an ended coordinator keeps serving its final status before it exits."""
+
     session_id: str
     rounds: int
     storage: StorageSpec
@@ -57,7 +92,7 @@ class SessionConfig:
     min_participants: int = 1
     fraction: float = 1.0
     heartbeat_period: float = 1.0
-    heartbeat_timeout: float = 5.0
+    heartbeat_timeout: float = None  # type: ignore[assignment]  # set in __post_init__
     stall_timeout: float = 120.0
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 0
@@ -66,6 +101,27 @@ class SessionConfig:
     initial_model: str | None = None
     model: ModelSpec = field(default_factory=ModelSpec)
     linger: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_timeout is None:
+            timeout = default_heartbeat_timeout(self.heartbeat_period)
+            object.__setattr__(self, "heartbeat_timeout", timeout)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form :func:`parse` reads back into an equal config."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data |= {"storage": self.storage.to_dict(), "model": self.model.to_dict()}
+        if self.initial_model is None:
+            del data["initial_model"]
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def _default(name: str) -> Any:
+    """The default of a :class:`SessionConfig` field."""
+    return SessionConfig.__dataclass_fields__[name].default
 
 
 def _get(data: dict[str, Any], name: str, kind: type, expected: str, default: Any = ...) -> Any:
@@ -93,7 +149,7 @@ def _int(data: dict[str, Any], name: str, minimum: int, default: Any = ...) -> i
 
 def _positive(data: dict[str, Any], name: str, default: Any = ...) -> float:
     value = _get(data, name, float, "a number > 0", default)
-    if value <= 0:
+    if value is not None and value <= 0:
         raise ConfigError(name, "a number > 0", value)
     return value
 
@@ -116,9 +172,9 @@ def _storage(data: Any) -> StorageSpec:
     if not isinstance(data, dict):
         raise ConfigError("storage", "an object {endpoint, bucket, prefix}", data)
     bucket = _get(data, "storage.bucket", str, "an S3 bucket name")
-    if not re.fullmatch(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]", bucket):
+    if not re.fullmatch(BUCKET, bucket):
         raise ConfigError("storage.bucket", "an S3 bucket name (3-63 of a-z 0-9 . -)", bucket)
-    prefix = _get(data, "storage.prefix", str, "a key prefix string", "").strip("/")
+    prefix = _get(data, "storage.prefix", str, "a key prefix string", "")
     endpoint = _get(data, "storage.endpoint", str, "an http(s) URL", None)
     if endpoint is not None and not re.match(r"https?://[^/\s]+", endpoint):
         raise ConfigError("storage.endpoint", "an http(s) URL", endpoint)
@@ -127,7 +183,7 @@ def _storage(data: Any) -> StorageSpec:
         raise ConfigError(
             "storage", "no credentials (they come from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)"
         )
-    return StorageSpec(bucket=bucket, prefix=f"{prefix}/" if prefix else "", endpoint=endpoint)
+    return StorageSpec(bucket=bucket, prefix=prefix, endpoint=endpoint)
 
 
 def _model(data: Any) -> ModelSpec:
@@ -154,7 +210,7 @@ def parse(data: Any) -> SessionConfig:
     session_id = _get(data, "session_id", str, "a non-empty string of letters, digits, . _ -")
     if not re.fullmatch(r"[A-Za-z0-9._-]{1,128}", session_id):
         raise ConfigError("session_id", "a non-empty string of letters, digits, . _ -", session_id)
-    fraction = _get(data, "fraction", float, "a number in (0, 1]", 1.0)
+    fraction = _get(data, "fraction", float, "a number in (0, 1]", _default("fraction"))
     if not 0 < fraction <= 1:
         raise ConfigError("fraction", "a number in (0, 1]", fraction)
     initial_model = _get(data, "initial_model", str, "an s3://bucket/key URL of an .npz", None)
@@ -162,23 +218,24 @@ def parse(data: Any) -> SessionConfig:
         raise ConfigError("initial_model", "an s3://bucket/key URL of an .npz", initial_model)
     if "storage" not in data:
         raise ConfigError("storage", "an object {endpoint, bucket, prefix} (missing)")
+    host = "a host name or IP address"
     return SessionConfig(
         session_id=session_id,
         rounds=_int(data, "rounds", 1),
-        epochs=_int(data, "epochs", 1, 1),
-        min_participants=_int(data, "min_participants", 1, 1),
+        epochs=_int(data, "epochs", 1, _default("epochs")),
+        min_participants=_int(data, "min_participants", 1, _default("min_participants")),
         fraction=fraction,
-        heartbeat_period=_positive(data, "heartbeat_period", 1.0),
-        heartbeat_timeout=_positive(data, "heartbeat_timeout", 5.0),
-        stall_timeout=_positive(data, "stall_timeout", 120.0),
-        grpc_host=_get(data, "grpc_host", str, "a host name or IP address", "127.0.0.1"),
+        heartbeat_period=_positive(data, "heartbeat_period", _default("heartbeat_period")),
+        heartbeat_timeout=_positive(data, "heartbeat_timeout", None),
+        stall_timeout=_positive(data, "stall_timeout", _default("stall_timeout")),
+        grpc_host=_get(data, "grpc_host", str, host, _default("grpc_host")),
         grpc_port=_port(data, "grpc_port"),
-        status_host=_get(data, "status_host", str, "a host name or IP address", "127.0.0.1"),
+        status_host=_get(data, "status_host", str, host, _default("status_host")),
         status_port=_port(data, "status_port"),
         storage=_storage(data["storage"]),
         initial_model=initial_model,
         model=_model(data.get("model")),
-        linger=_non_negative(data, "linger", 5.0),
+        linger=_non_negative(data, "linger", _default("linger")),
     )
 
 

@@ -6,8 +6,8 @@ Usage (in the FL runtime venv)::
 
 Once serving it prints one line ``NVFL_COORDINATOR_READY {"grpc": "host:port", "status_url": ...}`` and
 writes the same JSON to ``--status-file`` (ports actually bound, also when the config says 0).
-Exit codes: 0 FINISHED (final model written), 1 FAILED (stall, storage), 2 bad input (nothing written),
-143 stopped by SIGTERM/SIGINT before finishing.
+Exit codes (:class:`~.workload.ExitCode`): 0 FINISHED (final model written), 1 FAILED (stall, storage),
+2 bad input (nothing written), 143 stopped by SIGTERM/SIGINT before finishing.
 """
 
 from __future__ import annotations
@@ -47,10 +47,10 @@ from airflow_nevermined_fl.runtime.storage import (
     load_npz,
     parse_s3_url,
 )
+from airflow_nevermined_fl.runtime.workload import ExitCode, SessionState
 
 logger = get_logger(__name__)
 
-EXIT_FINISHED, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_TERMINATED = 0, 1, 2, 143
 READY_PREFIX = "NVFL_COORDINATOR_READY "
 
 
@@ -205,7 +205,7 @@ class CoordinatorService:
         self.config = config
         self.storage = storage
         self.coordinator = SessionCoordinator(config, storage, weights)
-        self.outcome: str | None = None  # FINISHED or FAILED once decided
+        self.outcome: SessionState | None = None  # FINISHED or FAILED once decided
         self.reason: str | None = None
         self.model: dict[str, str] | None = None
         self.ended_at = 0.0
@@ -214,7 +214,7 @@ class CoordinatorService:
     def snapshot(self) -> dict[str, Any]:
         c = self.coordinator
         with c.lock:
-            running = "ROUND" if c.state in (State.ROUND, State.FINISHED) else "STANDBY"
+            running = SessionState.ROUND if c.state in (State.ROUND, State.FINISHED) else SessionState.STANDBY
             return {
                 "session_id": self.config.session_id,
                 "state": self.outcome or running,
@@ -255,13 +255,13 @@ class CoordinatorService:
         except Exception as exc:  # noqa: BLE001 - any storage failure ends the session as FAILED
             self._fail(f"cannot write the final model: {type(exc).__name__}: {exc}")
             return
-        self._end("FINISHED", None)
+        self._end(SessionState.FINISHED, None)
 
     def _fail(self, reason: str) -> None:
         logger.error("Session failed", reason=reason)
-        self._end("FAILED", reason)
+        self._end(SessionState.FAILED, reason)
 
-    def _end(self, outcome: str, reason: str | None) -> None:
+    def _end(self, outcome: SessionState, reason: str | None) -> None:
         self.outcome, self.reason, self.ended_at = outcome, reason, time.monotonic()
         logger.info("Session ended", outcome=outcome, linger=self.config.linger)
 
@@ -283,9 +283,9 @@ class CoordinatorService:
                 elif time.monotonic() - self.coordinator.last_progress > self.config.stall_timeout:
                     self._fail(self._stall_reason())
             elif time.monotonic() - self.ended_at >= self.config.linger:
-                return EXIT_FINISHED if self.outcome == "FINISHED" else EXIT_FAILED
+                return ExitCode.FINISHED if self.outcome == SessionState.FINISHED else ExitCode.FAILED
         logger.info("Stop requested", outcome=self.outcome)
-        return EXIT_FINISHED if self.outcome == "FINISHED" else EXIT_TERMINATED
+        return ExitCode.FINISHED if self.outcome == SessionState.FINISHED else ExitCode.TERMINATED
 
     def run(self, stop: threading.Event, status_file: Path | None) -> int:
         cfg = self.config
@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         weights = _initial_weights(config, storage)
     except (ConfigError, StorageError) as exc:
         print(f"coordinator: error: {exc}", file=sys.stderr, flush=True)
-        return EXIT_BAD_INPUT
+        return ExitCode.BAD_INPUT
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         return service.run(stop, args.status_file)
     except ConfigError as exc:
         print(f"coordinator: error: {exc}", file=sys.stderr, flush=True)
-        return EXIT_BAD_INPUT
+        return ExitCode.BAD_INPUT
 
 
 if __name__ == "__main__":

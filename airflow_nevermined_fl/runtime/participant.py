@@ -9,8 +9,9 @@ Usage (in the FL runtime venv)::
 It speaks xain's gRPC protocol and storage layout with the SDK's own state machine (``StateRecord``,
 ``transit``, ``training_round``, ``InternalParticipant``); only the rendezvous and heartbeat loops are
 ours, so that the period is a parameter (the SDK hard-codes ``HEARTBEAT_TIME = 10``) and an unreachable
-coordinator ends the process instead of blocking it. Exit codes: 0 FINISHED, 1 session error (e.g.
-dropped by the coordinator), 2 bad input, 3 coordinator unreachable for ``--connect-timeout`` seconds.
+coordinator ends the process instead of blocking it. Exit codes (:class:`~.workload.ExitCode`): 0 FINISHED,
+1 session error (e.g. dropped by the coordinator), 2 bad input, 3 coordinator unreachable for
+``--connect-timeout`` seconds.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from xain_sdk import participant_state_machine as psm
 from xain_sdk.participant import InternalParticipant, Participant
 
 from airflow_nevermined_fl.runtime import logs
-from airflow_nevermined_fl.runtime.config import ConfigError, StorageSpec
+from airflow_nevermined_fl.runtime.config import BUCKET, ConfigError, StorageSpec
 from airflow_nevermined_fl.runtime.models import ModelError, build_participant
 from airflow_nevermined_fl.runtime.safe_pickle import RefusedPayload
 from airflow_nevermined_fl.runtime.storage import (
@@ -45,10 +46,10 @@ from airflow_nevermined_fl.runtime.storage import (
     load_npz,
     parse_s3_url,
 )
+from airflow_nevermined_fl.runtime.workload import ExitCode
 
 logger = get_logger(__name__)
 
-EXIT_FINISHED, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_UNREACHABLE = 0, 1, 2, 3
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
@@ -159,11 +160,10 @@ def _positive(value: str) -> float:
 
 
 def _storage(value: str) -> StorageSpec:
-    match = re.fullmatch(r"s3://([a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(?:/(.*))?", value)
+    match = re.fullmatch(rf"s3://({BUCKET})(?:/(.*))?", value)
     if not match:
         raise argparse.ArgumentTypeError(f"expected s3://bucket[/prefix], got {value!r}")
-    prefix = (match.group(2) or "").strip("/")
-    return StorageSpec(bucket=match.group(1), prefix=f"{prefix}/" if prefix else "")
+    return StorageSpec(bucket=match.group(1), prefix=match.group(2) or "")
 
 
 def load_data(location: str, endpoint: str | None) -> dict[str, ndarray]:
@@ -217,18 +217,18 @@ def main(argv: list[str] | None = None) -> int:
         storage.check()
     except (ConfigError, StorageError, ModelError) as exc:
         print(f"participant: error: {exc}", file=sys.stderr, flush=True)
-        return EXIT_BAD_INPUT
+        return ExitCode.BAD_INPUT
     try:
         run(participant, storage, args.coordinator, args.heartbeat, args.connect_timeout)
     except CoordinatorUnreachable as exc:
         print(f"participant: error: {exc} at {args.coordinator}", file=sys.stderr, flush=True)
-        return EXIT_UNREACHABLE
+        return ExitCode.UNREACHABLE
     except (SessionError, RefusedPayload, grpc.RpcError) as exc:
         detail = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)
         print(f"participant: error: session failed: {detail}", file=sys.stderr, flush=True)
-        return EXIT_FAILED
+        return ExitCode.FAILED
     logger.info("Session finished", participant_id=participant.dummy_id)
-    return EXIT_FINISHED
+    return ExitCode.FINISHED
 
 
 if __name__ == "__main__":

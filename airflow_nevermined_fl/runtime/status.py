@@ -1,9 +1,12 @@
-"""The coordinator's HTTP status endpoint: ``GET /status`` (JSON snapshot) and ``GET /health``."""
+"""The coordinator's HTTP status endpoint: ``GET /status`` (JSON snapshot) and ``GET /health``; and its
+client, :func:`fetch` and :func:`wait` (standard library only: whoever started the coordinator uses it)."""
 
 from __future__ import annotations
 
 import json
 import threading
+import time
+import urllib.request
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -44,3 +47,37 @@ class StatusServer:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def fetch(status_url: str, timeout: float = 5.0) -> dict[str, Any]:
+    """The ``/status`` snapshot of the coordinator at ``status_url`` (``http://host:port``); raises OSError
+    while it does not answer."""
+    with urllib.request.urlopen(f"{status_url}/status", timeout=timeout) as response:  # noqa: S310
+        return json.loads(response.read())
+
+
+def wait(
+    status_url: str,
+    until: Callable[[dict[str, Any]], bool],
+    gone: Callable[[], Exception | None],
+    timeout: float,
+    what: str,
+    poll: float = 0.1,
+    request_timeout: float = 2.0,
+) -> dict[str, Any]:
+    """Poll the status until ``until(snapshot)``, and return that snapshot. While the coordinator does not
+    answer, ``gone()`` says whether it is gone for good (the error to raise) or None (still starting);
+    TimeoutError ``"<what> within <timeout>s"`` when ``timeout`` passes first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            snapshot = fetch(status_url, request_timeout)
+        except OSError:
+            error = gone()
+            if error is not None:
+                raise error from None
+        else:
+            if until(snapshot):
+                return snapshot
+        time.sleep(poll)
+    raise TimeoutError(f"{what} within {timeout:.0f}s")

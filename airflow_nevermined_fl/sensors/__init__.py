@@ -1,1 +1,1 @@
-"""Sensors: the deferrable waits of an FL session on its coordinator."""
+"""Sensors: the waits of an FL session on its coordinator (poke, reschedule, or deferred to a trigger)."""

@@ -1,46 +1,91 @@
-"""Waits on the coordinator, through its provider's gateway: its URL, then the rounds until FINISHED.
+"""Sensors on the coordinator, through its provider's gateway: its URL, then the rounds until FINISHED.
 
-Deferrable by default (``deferrable=True``): the wait runs as a trigger in the triggerer and holds no
-worker slot. With ``deferrable=False`` the same trigger runs inside the task.
+Each ``poke`` is one signed ``status`` poll of the coordinator provider's gateway, judged by the same
+decisions as the triggers (``serving_event``, ``RoundsWatch`` in ``triggers/coordinator.py``). As any
+``BaseSensorOperator``: ``mode="poke"`` waits ``poke_interval`` between pokes in the worker slot,
+``mode="reschedule"`` frees the slot between pokes; ``deferrable=True`` checks once, then hands the wait
+to the trigger in the triggerer (no worker slot) and resumes in ``execute_complete``. ``deferrable``
+defaults to Airflow's ``[operators] default_deferrable``; ``timeout`` to the session's
+``session_timeout``.
 """
 
 from __future__ import annotations
 
-import asyncio
+import time
 from datetime import timedelta
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk.exceptions import AirflowFailException
-from airflow.triggers.base import BaseTrigger
+from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
+from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
 
-from airflow_nevermined_fl.operators.base import SessionOperator, metadata_store
-from airflow_nevermined_fl.triggers.coordinator import CoordinatorUrlTrigger, SessionRoundsTrigger
+from airflow_nevermined_fl.operators.base import SessionOperator, gateway, metadata_store
+from airflow_nevermined_fl.triggers.coordinator import (
+    Answer,
+    CoordinatorUrlTrigger,
+    RoundsWatch,
+    SessionRoundsTrigger,
+    poll,
+    serving_event,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+    from airflow.triggers.base import BaseTrigger
+
+    from airflow_nevermined_fl.protocol.client import GatewayClient
+
+# The deferral's time-out beyond the sensor's ``timeout``: the trigger reports its own time-out first.
+DEFERRAL_GRACE = 60.0
 
 
-def run_inline(trigger: BaseTrigger) -> dict[str, Any]:
-    """The first event of ``trigger``, run in this process (the non-deferrable mode)."""
-
-    async def first() -> dict[str, Any]:
-        async for event in trigger.run():
-            return event.payload
-        raise AirflowFailException(f"{type(trigger).__name__} ended without an event")
-
-    return asyncio.run(first())
+def default_deferrable() -> bool:
+    """Airflow's ``[operators] default_deferrable`` (False when unset), read when a sensor is built."""
+    return conf.getboolean("operators", "default_deferrable", fallback=False)
 
 
-class _CoordinatorWait(SessionOperator):
-    """Defer to ``trigger()`` (or run it inline) and hand its event to ``on_event``."""
+class _CoordinatorSensor(SessionOperator, BaseSensorOperator):
+    """Pokes the coordinator's execution at its provider's gateway (``coordinator``: the execution the
+    gateway started, with ``endpoint``, ``provider`` and ``agreement_id``), signing as the session's
+    consumer. ``judge`` turns a poll's answer into the event that ends the wait (or None);
+    ``on_event`` turns a success into the task's XCom.
+
+    :param deferrable: defer to ``trigger()`` after a first check (None: ``[operators] default_deferrable``)
+    :param timeout: seconds before the sensor fails (None: the session's ``session_timeout``)
+    :param probe_seconds: when deferrable, keep poking this long before deferring (0: one poke)
+    """
 
     template_fields = ("session", "coordinator")
     ui_color = "#fff2c4"
 
-    def __init__(self, *, coordinator: Any, deferrable: bool = True, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(
+        self,
+        *,
+        coordinator: Any,
+        deferrable: bool | None = None,
+        timeout: timedelta | float | None = None,
+        poke_interval: timedelta | float = 0.5,
+        probe_seconds: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(timeout=timeout, poke_interval=poke_interval, **kwargs)
         self.coordinator = coordinator
-        self.deferrable = deferrable
+        self.deferrable = default_deferrable() if deferrable is None else deferrable
+        self.probe_seconds = probe_seconds
+        self.timeout_from_session = timeout is None
+
+    # -- what each sensor decides ---------------------------------------------------------------------------
+
+    def judge(self, context: Context, answer: Answer) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def trigger(self, context: Context) -> BaseTrigger:
+        raise NotImplementedError
+
+    def on_event(self, context: Context, event: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    # -- the sensor -----------------------------------------------------------------------------------------
 
     def gateway_args(self) -> dict[str, Any]:
         """Where the coordinator's execution is polled: its gateway, agreement and the consumer."""
@@ -51,57 +96,69 @@ class _CoordinatorWait(SessionOperator):
             "consumer_conn_id": self.conf["consumer_conn_id"],
         }
 
-    def trigger(self, context: Context) -> BaseTrigger:
-        raise NotImplementedError
+    @cached_property
+    def client(self) -> GatewayClient:
+        return gateway(self.consumer, self.coordinator)
 
-    def on_event(self, context: Context, event: dict[str, Any]) -> Any:
-        raise NotImplementedError
-
-    def ready_now(self) -> dict[str, Any] | None:
-        """The event when the wait is already over (checked once, without waiting); else None."""
-        return None
+    def poke(self, context: Context) -> PokeReturnValue:
+        """One status poll, judged: not done while the wait goes on; done with the XCom on success;
+        an error ends the task (``AirflowFailException``, ``AirflowSensorTimeout``)."""
+        event = self.judge(context, poll(self.client, self.coordinator["agreement_id"]))
+        if event is None:
+            return PokeReturnValue(is_done=False)
+        return PokeReturnValue(is_done=True, xcom_value=self.execute_complete(context, event))
 
     def execute(self, context: Context) -> Any:
-        trigger = self.trigger(context)
-        event = self.ready_now()
-        if event is not None:
-            return self.execute_complete(context, event)
-        if self.deferrable:
-            timeout = timedelta(seconds=float(self.conf["session_timeout"]) + 60)
-            self.defer(trigger=trigger, method_name="execute_complete", timeout=timeout)
-        return self.execute_complete(context, run_inline(trigger))
+        if self.timeout_from_session:
+            self.timeout = float(self.conf["session_timeout"])
+        if not self.deferrable:
+            return super().execute(context)
+        done = self.probe(context)
+        if done:
+            return done.xcom_value
+        self.defer(
+            trigger=self.trigger(context),
+            method_name="execute_complete",
+            timeout=timedelta(seconds=self.timeout + DEFERRAL_GRACE),
+        )
+
+    def probe(self, context: Context) -> PokeReturnValue:
+        """Poke for up to ``probe_seconds`` (at least once) before deferring: a wait that is over at
+        once saves the deferral's round trip through the triggerer."""
+        until = time.monotonic() + self.probe_seconds
+        while not (done := self.poke(context)) and time.monotonic() + self.poke_interval < until:
+            time.sleep(self.poke_interval)
+        return done
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
+        """The end of the wait (a trigger's event, or a poke's): the XCom on success, else fail."""
         if event.get("status") != "success":
-            raise AirflowFailException(event.get("message") or f"coordinator wait failed: {event}")
+            message = event.get("message") or f"coordinator wait failed: {event}"
+            if event.get("reason") == "timeout":
+                raise AirflowSensorTimeout(message)
+            raise AirflowFailException(message)
         return self.on_event(context, event)
 
 
-class WaitForCoordinatorSensor(_CoordinatorWait):
-    """Until the coordinator's gateway reports it serving; then its URL and the session's storage are
-    published in the coordinator's workflow DDO (where the participants' gateways read them)."""
+class WaitForCoordinatorSensor(_CoordinatorSensor):
+    """Until the coordinator's gateway reports it serving (fails at once when its execution ended); then
+    its URL and the session's storage are published in the coordinator's workflow DDO (where the
+    participants' gateways read them). A coordinator usually serves within a second or two: when
+    deferrable, it is probed for ``probe_seconds`` (default 3) before the wait defers."""
 
     template_fields = ("session", "coordinator", "workflow")
 
-    def __init__(
-        self, *, workflow: Any, timeout: float = 120.0, probe_seconds: float = 3.0, **kwargs: Any
-    ) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, *, workflow: Any, probe_seconds: float = 3.0, **kwargs: Any) -> None:
+        super().__init__(probe_seconds=probe_seconds, **kwargs)
         self.workflow = workflow
-        self.wait_timeout = timeout
-        self.probe_seconds = probe_seconds
+
+    def judge(self, context: Context, answer: Answer) -> dict[str, Any] | None:
+        return serving_event(answer)
 
     def trigger(self, context: Context) -> BaseTrigger:
-        return self._trigger(self.wait_timeout)
-
-    def _trigger(self, timeout: float, poll_interval: float = 0.5) -> CoordinatorUrlTrigger:
-        return CoordinatorUrlTrigger(**self.gateway_args(), timeout=timeout, poll_interval=poll_interval)
-
-    def ready_now(self) -> dict[str, Any] | None:
-        """A short probe (``probe_seconds``): a coordinator is usually serving within a second or two,
-        and answering then saves the deferral round trip. Only a probe timeout defers."""
-        event = run_inline(self._trigger(self.probe_seconds, poll_interval=0.2))
-        return None if event.get("reason") == "timeout" else event
+        return CoordinatorUrlTrigger(
+            **self.gateway_args(), timeout=self.timeout, poll_interval=self.poke_interval
+        )
 
     def on_event(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         execution = event["execution"]
@@ -112,19 +169,53 @@ class WaitForCoordinatorSensor(_CoordinatorWait):
         return {**self.coordinator, "coordinator_url": url, "storage": storage}
 
 
-class WaitForRoundsSensor(_CoordinatorWait):
-    """Follow the rounds (each finished round logged with its metrics) until the session FINISHED;
-    fail fast on a coordinator crash, a stall (``stall_timeout``) or the ``session_timeout``."""
+class WaitForRoundsSensor(_CoordinatorSensor):
+    """Follow the rounds (each finished round logged with its metrics) until the session FINISHED; fail
+    fast on a coordinator crash, a stall (``stall_timeout``) or the ``session_timeout`` (counted from the
+    run's start). In reschedule mode the watch (rounds logged, last progress) is kept in the task
+    instance's ``task_state_store`` between pokes."""
+
+    STATE_KEY = "rounds_watch"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._watch: RoundsWatch | None = None
+
+    def limits(self, context: Context) -> dict[str, float]:
+        stall = float(self.conf["stall_timeout"])
+        return {
+            "deadline": context["dag_run"].start_date.timestamp() + float(self.conf["session_timeout"]),
+            "stall_timeout": stall,
+            "unreachable_timeout": min(stall, 10.0),
+        }
+
+    def watch(self, context: Context) -> RoundsWatch:
+        """This process's watch; a rescheduled poke resumes the one its try saved."""
+        if self._watch is None:
+            saved = context["task_state_store"].get(self.STATE_KEY) if self.reschedule else None
+            state = saved if saved and saved.get("try") == context["ti"].try_number else None
+            endpoint = self.coordinator["endpoint"]
+            self._watch = RoundsWatch(endpoint, **self.limits(context), log=self.log, state=state)
+        return self._watch
+
+    def execute(self, context: Context) -> Any:
+        self._watch = None  # a new try starts a new watch
+        return super().execute(context)
+
+    def judge(self, context: Context, answer: Answer) -> dict[str, Any] | None:
+        watch = self.watch(context)
+        event = watch.see(answer)
+        if self.reschedule:
+            store = context["task_state_store"]
+            if event is None:
+                store.set(self.STATE_KEY, {**watch.state(), "try": context["ti"].try_number})
+            else:
+                store.delete(self.STATE_KEY)
+        return event
 
     def trigger(self, context: Context) -> BaseTrigger:
-        started = context["dag_run"].start_date
-        stall = float(self.conf["stall_timeout"])
         return SessionRoundsTrigger(
-            **self.gateway_args(),
-            deadline=started.timestamp() + float(self.conf["session_timeout"]),
-            stall_timeout=stall,
-            unreachable_timeout=min(stall, 10.0),
-            poll_interval=0.5,
+            **self.gateway_args(), **self.limits(context), poll_interval=self.poke_interval
         )
 
     def on_event(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:

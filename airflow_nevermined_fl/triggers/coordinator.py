@@ -1,8 +1,11 @@
-"""Triggers polling the coordinator provider's gateway (``GET status/{agreement_id}``, signed as the
+"""Waiting on the coordinator through its provider's gateway (``GET status/{agreement_id}``, signed as the
 consumer): the coordinator's URL once it serves, then the rounds until the session FINISHED.
 
-The trigger holds no secret: it reads the consumer's key from its Airflow connection when it runs (in
-the triggerer), and signs each poll with it.
+The decisions are made once, here, one poll's answer at a time: ``serving_event`` (the URL) and
+``RoundsWatch`` (the rounds) turn an answer into the event that ends the wait, or None while it goes on.
+The triggers below loop over them in the triggerer; the sensors (``sensors/coordinator.py``) call them
+once per poke. A trigger holds no secret: it reads the consumer's key from its Airflow connection when it
+runs (in the triggerer), and signs each poll with it.
 """
 
 from __future__ import annotations
@@ -10,11 +13,31 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_nevermined_fl.gateway.client import GatewayClient, GatewayError
+from airflow_nevermined_fl.protocol.client import GatewayClient, GatewayError
+
+if TYPE_CHECKING:
+    from logging import Logger
+
+# One poll's answer: the execution's status; a refusal (an HTTP error: final); None when the gateway did
+# not answer (unreachable: maybe a passing hiccup).
+Answer = dict[str, Any] | GatewayError | None
+
+
+def answer_of(err: GatewayError) -> GatewayError | None:
+    """A failed poll as an ``Answer``: a refusal counts, an unreachable gateway is no answer (None)."""
+    return err if err.status_code is not None else None
+
+
+def poll(client: GatewayClient, agreement_id: str) -> Answer:
+    """One signed status poll (blocking): the sensors' check."""
+    try:
+        return client.status(agreement_id)
+    except GatewayError as err:
+        return answer_of(err)
 
 
 def format_round(metrics: dict[str, Any]) -> str:
@@ -41,6 +64,100 @@ def ended(status: dict[str, Any]) -> str | None:
     return None
 
 
+def serving_event(answer: Answer) -> dict[str, Any] | None:
+    """The URL wait's event for one answer: success once the gateway reports the coordinator's URL (it
+    answers its health check), an error once its execution ended or the gateway refused; else None."""
+    if isinstance(answer, GatewayError):
+        return {"status": "error", "message": str(answer)}
+    gone = ended(answer) if answer else None
+    if gone:
+        return {"status": "error", "message": f"{gone} before serving"}
+    if answer and answer.get("coordinator_url"):
+        return {"status": "success", "execution": answer}
+    return None
+
+
+def not_serving_event(agreement_id: str, timeout: float) -> dict[str, Any]:
+    message = f"coordinator of agreement {agreement_id} not serving within {timeout}s"
+    return {"status": "error", "message": message, "reason": "timeout"}
+
+
+class RoundsWatch:
+    """The rounds wait's decisions, one answer at a time (``see``): logs each round as it finishes, and
+    returns the event that ends the wait (success: FINISHED) or None while it goes on. Fails on a FAILED
+    coordinator, an exited one (its exit code), a gateway or coordinator that does not answer for
+    ``unreachable_timeout`` s, no progress (a round finishing, a state change) for ``stall_timeout`` s, or
+    past ``deadline`` (the session's end, epoch s).
+
+    Its clock is wall time so that ``state()`` (JSON) carries the watch to another process: a sensor in
+    reschedule mode pokes from a new process each time.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        deadline: float,
+        stall_timeout: float,
+        unreachable_timeout: float,
+        log: Logger,
+        state: dict[str, Any] | None = None,
+    ) -> None:
+        now, state = time.time(), state or {}
+        self.endpoint = endpoint
+        self.deadline = deadline
+        self.stall_timeout = stall_timeout
+        self.unreachable_timeout = unreachable_timeout
+        self.log = log
+        self.logged: set[Any] = set(state.get("logged", []))
+        self.last_seen: float = state.get("last_seen", now)
+        self.last_progress: float = state.get("last_progress", now)
+        self.progress_mark: list[Any] | None = state.get("progress_mark")
+        self.status: dict[str, Any] | None = None  # the coordinator's last status
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "logged": sorted(self.logged, key=str),
+            "last_seen": self.last_seen,
+            "last_progress": self.last_progress,
+            "progress_mark": self.progress_mark,
+        }
+
+    def _error(self, message: str) -> dict[str, Any]:
+        self.log.error(message)
+        return {"status": "error", "message": message, "coordinator": self.status}
+
+    def see(self, answer: Answer) -> dict[str, Any] | None:
+        now = time.time()
+        if now > self.deadline:
+            return self._error("session timeout: the session did not finish in time")
+        if isinstance(answer, GatewayError):
+            return self._error(str(answer))
+        gone = ended(answer) if answer else None
+        if gone:
+            return self._error(f"{gone} during the session (crashed or killed)")
+        current = (answer or {}).get("coordinator")
+        if current is None:
+            if now - self.last_seen > self.unreachable_timeout:
+                return self._error(
+                    f"coordinator unreachable through {self.endpoint} for {now - self.last_seen:.1f}s "
+                    "(crashed or killed)"
+                )
+        else:
+            self.status, self.last_seen = current, now
+            for metrics in current.get("rounds_metrics") or []:
+                if metrics.get("round") not in self.logged:
+                    self.logged.add(metrics.get("round"))
+                    self.log.info(format_round(metrics))
+            mark = [current.get("state"), current.get("round"), len(self.logged)]
+            if mark != self.progress_mark:
+                self.progress_mark, self.last_progress = mark, now
+            if current.get("state") == "FINISHED":
+                return {"status": "success", "coordinator": current}
+        if now - self.last_progress > self.stall_timeout:
+            return self._error(f"session stalled: no progress for {self.stall_timeout}s")
+        return None
+
+
 class _GatewayTrigger(BaseTrigger):
     """Polls the execution of ``agreement_id`` at the gateway ``endpoint`` (provider address
     ``audience``), signing as the consumer of ``consumer_conn_id``. Subclasses list their own
@@ -65,29 +182,21 @@ class _GatewayTrigger(BaseTrigger):
     async def _client(self) -> GatewayClient:
         from asgiref.sync import sync_to_async
 
-        from airflow_nevermined_fl.hooks.nevermined import NeverminedHook
+        from airflow_nevermined_fl.operators.base import gateway, nevermined
 
-        hook = NeverminedHook(self.consumer_conn_id)
+        provider = {"endpoint": self.endpoint, "provider": self.audience}
         # Reading the connection may block: never on the triggerer's event loop.
-        account = await sync_to_async(hook.account)()
-        ca_file = await sync_to_async(lambda: hook.gateway_ca_file)()
-        return GatewayClient(
-            self.endpoint, self.audience, address=account.address, sign=hook.sign_message, ca_file=ca_file
-        )
+        return await sync_to_async(gateway)(nevermined(self.consumer_conn_id), provider)
 
-    async def _status(self, client: GatewayClient) -> dict[str, Any] | None:
-        """The execution's status, or None while the gateway does not answer (a refusal is final)."""
+    async def _poll(self, client: GatewayClient) -> Answer:
         try:
             return await client.astatus(self.agreement_id)
         except GatewayError as err:
-            if err.status_code is not None:
-                raise
-            return None
+            return answer_of(err)
 
 
 class CoordinatorUrlTrigger(_GatewayTrigger):
-    """Fire once the gateway reports the coordinator's URL (it answers its health check); fail at once
-    when the coordinator's execution ended."""
+    """Fire once the gateway reports the coordinator's URL (``serving_event``), or after ``timeout`` s."""
 
     _fields = ("timeout",)
 
@@ -107,33 +216,19 @@ class CoordinatorUrlTrigger(_GatewayTrigger):
         deadline = time.monotonic() + self.timeout
         client = await self._client()
         while time.monotonic() < deadline:
-            try:
-                status = await self._status(client)
-            except GatewayError as err:
-                yield TriggerEvent({"status": "error", "message": str(err)})
+            event = serving_event(await self._poll(client))
+            if event:
+                if event["status"] == "success":
+                    self.log.info("coordinator serving at %s", event["execution"]["coordinator_url"])
+                yield TriggerEvent(event)
                 return
-            if status is not None:
-                gone = ended(status)
-                if gone:
-                    yield TriggerEvent({"status": "error", "message": f"{gone} before serving"})
-                    return
-                if status.get("coordinator_url"):
-                    self.log.info("coordinator serving at %s", status["coordinator_url"])
-                    yield TriggerEvent({"status": "success", "execution": status})
-                    return
             await asyncio.sleep(self.poll_interval)
-        message = f"coordinator of agreement {self.agreement_id} not serving within {self.timeout}s"
-        yield TriggerEvent({"status": "error", "message": message, "reason": "timeout"})
+        yield TriggerEvent(not_serving_event(self.agreement_id, self.timeout))
 
 
 class SessionRoundsTrigger(_GatewayTrigger):
-    """Follow the session round by round until FINISHED; fail fast on crash, stall or timeout.
-
-    Logs each finished round with its metrics. ``deadline`` is the session's absolute end (epoch s);
-    ``unreachable_timeout``: how long the gateway or the coordinator may not answer before the
-    coordinator counts as crashed; ``stall_timeout``: how long without progress (a round finishing, a
-    state change).
-    """
+    """Follow the session round by round until FINISHED; fail fast on crash, stall or timeout
+    (``RoundsWatch``: ``deadline`` epoch s, ``stall_timeout``, ``unreachable_timeout``)."""
 
     _fields = ("deadline", "stall_timeout", "unreachable_timeout")
 
@@ -153,52 +248,10 @@ class SessionRoundsTrigger(_GatewayTrigger):
         self.stall_timeout = stall_timeout
         self.unreachable_timeout = unreachable_timeout
 
-    def _error(self, message: str, status: dict[str, Any] | None) -> TriggerEvent:
-        self.log.error(message)
-        return TriggerEvent({"status": "error", "message": message, "coordinator": status})
-
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        logged: set[Any] = set()
-        last_seen = last_progress = time.monotonic()
-        progress_mark: tuple[Any, ...] | None = None
-        status: dict[str, Any] | None = None
+        limits = (self.deadline, self.stall_timeout, self.unreachable_timeout)
+        watch = RoundsWatch(self.endpoint, *limits, log=self.log)
         client = await self._client()
-        while True:
-            now = time.monotonic()
-            if time.time() > self.deadline:
-                yield self._error("session timeout: the session did not finish in time", status)
-                return
-            try:
-                execution = await self._status(client)
-            except GatewayError as err:
-                yield self._error(str(err), status)
-                return
-            gone = ended(execution) if execution else None
-            if gone:
-                yield self._error(f"{gone} during the session (crashed or killed)", status)
-                return
-            current = (execution or {}).get("coordinator")
-            if current is None:
-                if now - last_seen > self.unreachable_timeout:
-                    yield self._error(
-                        f"coordinator unreachable through {self.endpoint} for {now - last_seen:.1f}s "
-                        "(crashed or killed)",
-                        status,
-                    )
-                    return
-            else:
-                status, last_seen = current, now
-                for metrics in status.get("rounds_metrics") or []:
-                    if metrics.get("round") not in logged:
-                        logged.add(metrics.get("round"))
-                        self.log.info(format_round(metrics))
-                mark = (status.get("state"), status.get("round"), len(logged))
-                if mark != progress_mark:
-                    progress_mark, last_progress = mark, now
-                if status.get("state") == "FINISHED":
-                    yield TriggerEvent({"status": "success", "coordinator": status})
-                    return
-            if now - last_progress > self.stall_timeout:
-                yield self._error(f"session stalled: no progress for {self.stall_timeout}s", status)
-                return
+        while (event := watch.see(await self._poll(client))) is None:
             await asyncio.sleep(self.poll_interval)
+        yield TriggerEvent(event)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from airflow_nevermined_fl.devstack import chain
+from airflow_nevermined_fl.devtools.devstack import chain
 
 
 @pytest.fixture(scope="session")

@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
+from airflow_nevermined_fl import process
 from airflow_nevermined_fl.contracts import ChainUnreachableError, DeploymentError, InvalidInputError
 from airflow_nevermined_fl.contracts.client import Signer, connect
 from airflow_nevermined_fl.contracts.deployment import load_deployment, mint
-from airflow_nevermined_fl.devstack import chain, process
+from airflow_nevermined_fl.devtools.devstack import chain
 from airflow_nevermined_fl.hooks.nevermined import ComputeAgreement, NeverminedHook
 
 TOKEN = 10**18

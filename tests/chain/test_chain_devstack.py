@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from airflow_nevermined_fl import cli
 from airflow_nevermined_fl.contracts import CONTRACTS
 from airflow_nevermined_fl.contracts import compile as contracts_compile
 from airflow_nevermined_fl.contracts.client import connect
 from airflow_nevermined_fl.contracts.deployment import load_deployment
-from airflow_nevermined_fl.devstack import chain
+from airflow_nevermined_fl.devtools import cli
+from airflow_nevermined_fl.devtools.devstack import chain
 
 
 def test_compiled_artifacts_cover_every_contract_and_warm_start_never_recompiles(

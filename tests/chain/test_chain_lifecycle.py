@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from airflow_nevermined_fl.devstack import chain
+from airflow_nevermined_fl.devtools.devstack import chain
 from airflow_nevermined_fl.hooks.nevermined import ComputeAgreement, NeverminedHook, StateError
 
 TOKEN = 10**18

@@ -15,7 +15,7 @@ from dagstack import Stack
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    from airflow_nevermined_fl.devstack import airflow, chain, gateways, s3
+    from airflow_nevermined_fl.devtools.devstack import airflow, chain, gateways, s3
 
     home = tmp_path_factory.mktemp("dag-stack")
     chain_state = chain.up(home, None)

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airflow_nevermined_fl.launchers import Workload
-from airflow_nevermined_fl.launchers.local import LocalLauncher
+from airflow_nevermined_fl.gateway.launchers import Workload
+from airflow_nevermined_fl.gateway.launchers.local import LocalLauncher
 from airflow_nevermined_fl.paths import PROJECT_DIR
 
 RUNNER = Path(__file__).with_name("dagtest_runner.py")
@@ -35,7 +35,7 @@ class Stack:
 
     def secrets(self) -> list[str]:
         """Every secret the stack handed out: account keys (both spellings) and the S3 keys."""
-        from airflow_nevermined_fl.devstack import chain, s3
+        from airflow_nevermined_fl.devtools.devstack import chain, s3
 
         keys = [chain.account(i).key.hex().removeprefix("0x") for i in range(6)]
         creds = s3.env(self.s3)
@@ -48,13 +48,13 @@ class Stack:
 
     def accounts(self) -> dict[str, str]:
         """Addresses: the consumer and each provider by its gateway's name."""
-        from airflow_nevermined_fl.devstack import chain
+        from airflow_nevermined_fl.devtools.devstack import chain
 
         providers = {name: gateway["address"] for name, gateway in self.gateways.items()}
         return {"consumer": chain.accounts()["consumer"]} | providers
 
     def balances(self) -> dict[str, int]:
-        from airflow_nevermined_fl.demo import token_balances
+        from airflow_nevermined_fl.devtools.demo import token_balances
 
         return token_balances(self.chain, self.accounts())
 
@@ -64,7 +64,7 @@ class Stack:
         """Four more gateways, same provider accounts, named ``<name><suffix>`` (other DIDs), on ``backend``
         (``docker``: workloads on ``$DOCKER_HOST``; ``kubernetes``: the cluster of ``connection``), their
         storage ``self.s3``; their public fields. Stopped with the stack."""
-        from airflow_nevermined_fl.devstack import gateways
+        from airflow_nevermined_fl.devtools.devstack import gateways
 
         previous = self.extra_gateways.get(suffix)
         state = gateways.start(self.home, self.chain, self.s3, backend, suffix, previous, connection)
@@ -73,7 +73,7 @@ class Stack:
 
     def providers(self, gateways: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
         """A conf's ``coordinator`` and ``data_providers`` (by DID) of ``gateways`` (default: the stack's)."""
-        from airflow_nevermined_fl.devstack.gateways import session_providers
+        from airflow_nevermined_fl.devtools.devstack.gateways import session_providers
 
         return session_providers({"gateways": gateways or self.gateways})
 
@@ -82,7 +82,7 @@ class Stack:
         return {"rounds": 2, "stall_timeout": 60, "session_timeout": 600, **self.providers(), **overrides}
 
     def airflow_env(self) -> dict[str, str]:
-        from airflow_nevermined_fl.devstack.gateways import SESSION_PROVIDERS_ENV
+        from airflow_nevermined_fl.devtools.devstack.gateways import SESSION_PROVIDERS_ENV
 
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW_CONN_")}
         return {
@@ -92,6 +92,7 @@ class Stack:
             "AIRFLOW_HOME": str(self.airflow_home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_DIR / "dags"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE": "True",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.airflow_home / 'airflow.db'}",
         }
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from dagstack import Stack, gateway_workloads, payments, process_gone
 
-from airflow_nevermined_fl.launchers import Workload
+from airflow_nevermined_fl.gateway.launchers import Workload
 
 
 def _coordinator_at_round(stack: Stack, started_after: float, round_: int, timeout: float) -> Workload:

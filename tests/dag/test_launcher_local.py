@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from dagstack import process_gone
 
-from airflow_nevermined_fl.devstack import process
-from airflow_nevermined_fl.launchers import Labels, WorkloadSpec, get_launcher
-from airflow_nevermined_fl.launchers.local import LocalLauncher
+from airflow_nevermined_fl import process
+from airflow_nevermined_fl.gateway.launchers import Labels, WorkloadSpec, get_launcher
+from airflow_nevermined_fl.gateway.launchers.local import LocalLauncher
 
 SECRET = "s3cr3t-value-never-recorded"
 
@@ -57,7 +57,7 @@ def test_start_find_stop_from_another_process(monkeypatch: pytest.MonkeyPatch) -
     assert SECRET not in record and json.loads(record)["details"]["env"] == {"PUBLIC_SETTING": "1"}
 
     code = (
-        "from airflow_nevermined_fl.launchers.local import LocalLauncher;"
+        "from airflow_nevermined_fl.gateway.launchers.local import LocalLauncher;"
         "print([w.labels.name for w in LocalLauncher().stop_run('launcher_test', 'run-1')])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -87,3 +87,28 @@ def test_exit_code_and_logs_of_a_finished_workload() -> None:
 def test_unknown_backend_is_refused() -> None:
     with pytest.raises(ValueError, match="backend: 'cloud' is not available"):
         get_launcher("cloud")
+
+
+def test_dataset_and_secret_files(tmp_path: Path) -> None:
+    """``{dataset}`` is the spec's dataset; secret files are the workload's alone and never recorded."""
+    dataset = tmp_path / "shard.json"
+    dataset.write_text('{"rows": 3}')
+    launcher = LocalLauncher(root=tmp_path / "workloads")
+    spec = WorkloadSpec(
+        labels=_labels("run-3", "reader"),
+        module="json.tool",
+        args=["{dataset}"],
+        dataset=str(dataset),
+        secret_files={"token": SECRET},
+    )
+    workload = launcher.start(spec)
+    deadline = time.monotonic() + 30
+    while launcher.status(workload).running and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert launcher.status(workload).exit_code == 0 and '"rows": 3' in launcher.logs(workload)
+    token = Path(workload.details["dir"], "token")
+    assert token.read_text() == SECRET and token.stat().st_mode & 0o777 == 0o600
+    assert SECRET not in Path(workload.details["dir"], "workload.json").read_text()
+    with pytest.raises(ValueError, match="without a dataset"):
+        launcher.start(WorkloadSpec(labels=_labels("run-3", "none"), module="json.tool", args=["{dataset}"]))
+    launcher.stop_run("launcher_test", "run-3")

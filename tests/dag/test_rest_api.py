@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from dagstack import Stack, assert_no_secrets
 
-from airflow_nevermined_fl.demo import session_summary
-from airflow_nevermined_fl.rest import AirflowApiError, AirflowClient
+from airflow_nevermined_fl.devtools.demo import session_summary
+from airflow_nevermined_fl.devtools.rest import AirflowApiError, AirflowClient
 
 DAG = "fl_session"
 
@@ -23,7 +23,7 @@ DAG = "fl_session"
 def api(
     stack: Stack, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[dict[str, Any], AirflowClient]]:
-    from airflow_nevermined_fl.devstack import airflow
+    from airflow_nevermined_fl.devtools.devstack import airflow
 
     state = airflow.start(tmp_path_factory.mktemp("airflow-api"), stack.conn_env)
     client = None
@@ -87,7 +87,7 @@ def test_a_gateway_down_at_validate_costs_nothing(
     api: tuple[dict[str, Any], AirflowClient], stack: Stack
 ) -> None:
     """A provider whose gateway is down: the run fails in ``validate``, before any transaction."""
-    from airflow_nevermined_fl.devstack import process
+    from airflow_nevermined_fl import process
 
     _, client = api
     extra = stack.start_gateways("local", "-down")

@@ -174,7 +174,7 @@ def test_no_secrets_or_dataset_locations_on_the_consumer_side(
 
 def test_the_consumer_side_holds_exactly_one_private_key(stack: Stack) -> None:
     """Connections, variables and every task process's environment: the consumer's key and no other."""
-    from airflow_nevermined_fl.devstack import chain
+    from airflow_nevermined_fl.devtools.devstack import chain
 
     environment = json.dumps(stack.airflow_env())
     held = [i for i in range(10) if chain.account(i).key.hex().removeprefix("0x") in environment]

@@ -15,8 +15,8 @@ import pytest
 from dagstack import SUMMARY_PREFIX, Stack, assert_no_secrets, payments, stopped
 from docker_engine import engine_or_skip
 
-from airflow_nevermined_fl import images
-from airflow_nevermined_fl.launchers.docker import LABEL
+from airflow_nevermined_fl.devtools import images
+from airflow_nevermined_fl.gateway.launchers.docker import LABEL
 
 NAMES = ("coordinator", "provider-1", "provider-2", "provider-3")
 SUFFIX = "-docker"

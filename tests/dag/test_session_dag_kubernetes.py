@@ -39,7 +39,7 @@ def _connection() -> dict[str, Any]:
 def k8s_stack(stack: Stack) -> Iterator[Stack]:
     """The DAG stack with its storage on a SeaweedFS the pods reach: the consumer's storage connection and
     the storage of the gateways started on it (workflow DDOs, datasets, the sessions' weights)."""
-    from airflow_nevermined_fl.devstack import airflow, gateways
+    from airflow_nevermined_fl.devtools.devstack import airflow, gateways
 
     with real_cluster.seaweed(stack.home / "s3-k8s") as s3_state:
         conn_env = airflow.connection_env({"chain": stack.chain, "s3": s3_state})
@@ -74,7 +74,7 @@ def _executions(stack: Stack, summary: dict[str, Any]) -> dict[str, dict[str, An
 
 def _assert_cluster_clean(records: dict[str, dict[str, Any]], timeout: float = 120.0) -> None:
     """No object of the gateways' runs left (deleted pods may take their grace period to disappear)."""
-    from airflow_nevermined_fl.launchers.kubernetes import KubernetesLauncher
+    from airflow_nevermined_fl.gateway.launchers.kubernetes import KubernetesLauncher
 
     workloads = [r["workload"] for r in records.values() if r["workload"]["backend"] == "kubernetes"]
     runs = [(w["labels"]["dag_id"], w["labels"]["run_id"]) for w in workloads]

@@ -1,9 +1,11 @@
 """Coordinator triggers' decisions against a scripted gateway (pure logic; the DAG tests run the real
 gateways and coordinator): finished, failed, crashed (exited or unreachable), stalled, timed out. The
-scripted gateway checks every poll's signature as a real one does."""
+scripted gateway checks every poll's signature as a real one does (``test_provider.py`` drives the
+sensors against it)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -14,9 +16,8 @@ from typing import Any
 import pytest
 from eth_account import Account
 
-from airflow_nevermined_fl.devstack import process
-from airflow_nevermined_fl.gateway import API, auth
-from airflow_nevermined_fl.sensors.coordinator import run_inline
+from airflow_nevermined_fl import process
+from airflow_nevermined_fl.protocol import API, auth
 from airflow_nevermined_fl.triggers.coordinator import CoordinatorUrlTrigger, SessionRoundsTrigger
 
 Script = Callable[[int], dict[str, Any]]
@@ -26,8 +27,19 @@ AGREEMENT = "0x" + "ab" * 32
 CONN_ID = "nvfl_trigger_consumer"
 
 
+def run_inline(trigger: Any) -> dict[str, Any]:
+    """The first event of ``trigger``, run in this process as the triggerer would."""
+
+    async def first() -> dict[str, Any]:
+        async for event in trigger.run():
+            return event.payload
+        raise AssertionError(f"{type(trigger).__name__} ended without an event")
+
+    return asyncio.run(first())
+
+
 @pytest.fixture(autouse=True)
-def _consumer_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+def consumer_connection(monkeypatch: pytest.MonkeyPatch) -> None:
     conn = {"conn_type": "nevermined", "password": CONSUMER.key.to_0x_hex(), "extra": {}}
     monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(conn))
 
@@ -64,8 +76,8 @@ class GatewayServer:
         self.server.server_close()
 
 
-@pytest.fixture
-def serve() -> Iterator[Callable[[Script], GatewayServer]]:
+@pytest.fixture(name="serve")
+def serve_fixture() -> Iterator[Callable[[Script], GatewayServer]]:
     servers: list[GatewayServer] = []
 
     def start(script: Script) -> GatewayServer:
@@ -77,7 +89,7 @@ def serve() -> Iterator[Callable[[Script], GatewayServer]]:
         server.close()
 
 
-def _running(coordinator: dict[str, Any] | None, **fields: Any) -> dict[str, Any]:
+def running(coordinator: dict[str, Any] | None, **fields: Any) -> dict[str, Any]:
     """A gateway execution status around the coordinator's own status."""
     return {
         "state": "running",
@@ -88,11 +100,11 @@ def _running(coordinator: dict[str, Any] | None, **fields: Any) -> dict[str, Any
     }
 
 
-def _metrics(n: int) -> list[dict[str, Any]]:
+def metrics(n: int) -> list[dict[str, Any]]:
     return [{"round": r, "loss": 1.0 / (r + 1), "accuracy": 0.5 + r / 10, "n_samples": 9} for r in range(n)]
 
 
-def _gateway(url: str) -> dict[str, Any]:
+def gateway(url: str) -> dict[str, Any]:
     return {"endpoint": url, "audience": AUDIENCE, "agreement_id": AGREEMENT, "consumer_conn_id": CONN_ID}
 
 
@@ -103,14 +115,14 @@ def _rounds(url: str, **kwargs: Any) -> SessionRoundsTrigger:
         "unreachable_timeout": 1.0,
         "poll_interval": 0.05,
     }
-    return SessionRoundsTrigger(**_gateway(url), **{**args, **kwargs})
+    return SessionRoundsTrigger(**gateway(url), **{**args, **kwargs})
 
 
 def test_rounds_until_finished_logs_each_round(serve: Callable[[Script], GatewayServer], capsys: Any) -> None:
     def script(n: int) -> dict[str, Any]:
         done = min(n // 3, 2)
         state = "FINISHED" if n >= 9 else "ROUND"
-        return _running({"state": state, "round": done, "rounds_metrics": _metrics(done)})
+        return running({"state": state, "round": done, "rounds_metrics": metrics(done)})
 
     server = serve(script)
     trigger = _rounds(server.url)
@@ -129,30 +141,30 @@ def test_rounds_until_finished_logs_each_round(serve: Callable[[Script], Gateway
     ("script", "kwargs", "message"),
     [
         (
-            lambda n: _running({"state": "FAILED", "reason": "stalled in STANDBY"}),
+            lambda n: running({"state": "FAILED", "reason": "stalled in STANDBY"}),
             {},
             "coordinator failed: stalled in STANDBY",
         ),
         (
             lambda n: (
-                _running({"state": "ROUND", "round": 0})
+                running({"state": "ROUND", "round": 0})
                 if n < 3
-                else _running(None, state="failed", exit_code=137)
+                else running(None, state="failed", exit_code=137)
             ),
             {},
             "coordinator process exited with code 137 during the session",
         ),
         (
-            lambda n: _running({"state": "STANDBY", "round": 0}),
+            lambda n: running({"state": "STANDBY", "round": 0}),
             {"stall_timeout": 0.5},
             "session stalled: no progress for 0.5s",
         ),
         (
-            lambda n: _running({"state": "ROUND", "round": n}),
+            lambda n: running({"state": "ROUND", "round": n}),
             {"deadline": time.time() - 1},
             "session timeout",
         ),
-        (lambda n: _running(None), {}, "coordinator unreachable through"),
+        (lambda n: running(None), {}, "coordinator unreachable through"),
     ],
 )
 def test_rounds_fail_fast(
@@ -163,7 +175,7 @@ def test_rounds_fail_fast(
 
 
 def test_rounds_detect_an_unreachable_gateway(serve: Callable[[Script], GatewayServer]) -> None:
-    server = serve(lambda n: _running({"state": "ROUND", "round": 0, "rounds_metrics": []}))
+    server = serve(lambda n: running({"state": "ROUND", "round": 0, "rounds_metrics": []}))
     threading.Timer(0.3, server.close).start()
     event = run_inline(_rounds(server.url, stall_timeout=30))
     assert event["status"] == "error" and "unreachable" in event["message"]
@@ -171,21 +183,19 @@ def test_rounds_detect_an_unreachable_gateway(serve: Callable[[Script], GatewayS
 
 def test_url_trigger_serving_missing_and_exited(serve: Callable[[Script], GatewayServer]) -> None:
     server = serve(
-        lambda n: (
-            _running({"state": "STANDBY"}, coordinator_url="127.0.0.1:5000") if n > 2 else _running(None)
-        )
+        lambda n: running({"state": "STANDBY"}, coordinator_url="127.0.0.1:5000") if n > 2 else running(None)
     )
-    event = run_inline(CoordinatorUrlTrigger(**_gateway(server.url), timeout=5, poll_interval=0.05))
+    event = run_inline(CoordinatorUrlTrigger(**gateway(server.url), timeout=5, poll_interval=0.05))
     assert event["status"] == "success" and event["execution"]["coordinator_url"] == "127.0.0.1:5000"
 
     url = f"http://127.0.0.1:{process.free_port()}"
-    event = run_inline(CoordinatorUrlTrigger(**_gateway(url), timeout=0.5, poll_interval=0.1))
+    event = run_inline(CoordinatorUrlTrigger(**gateway(url), timeout=0.5, poll_interval=0.1))
     assert event == {
         "status": "error",
         "message": f"coordinator of agreement {AGREEMENT} not serving within 0.5s",
         "reason": "timeout",
     }
 
-    exited = serve(lambda n: _running(None, state="failed", exit_code=2))
-    event = run_inline(CoordinatorUrlTrigger(**_gateway(exited.url), timeout=30, poll_interval=0.1))
+    exited = serve(lambda n: running(None, state="failed", exit_code=2))
+    event = run_inline(CoordinatorUrlTrigger(**gateway(exited.url), timeout=30, poll_interval=0.1))
     assert event == {"status": "error", "message": "coordinator process exited with code 2 before serving"}

@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 from docker_engine import engine_or_skip, engine_url
 
-from airflow_nevermined_fl import data, images, runtime_env
-from airflow_nevermined_fl.devstack import s3
-from airflow_nevermined_fl.launchers.bare import BareSession
-from airflow_nevermined_fl.launchers.docker import LABEL, DockerLauncher, connection_json
-from airflow_nevermined_fl.launchers.local import LocalLauncher
+from airflow_nevermined_fl import runtime_env
+from airflow_nevermined_fl.devtools import data, images
+from airflow_nevermined_fl.devtools.bare import BareSession
+from airflow_nevermined_fl.devtools.devstack import s3
+from airflow_nevermined_fl.gateway.launchers.docker import LABEL, DockerLauncher, connection_json
+from airflow_nevermined_fl.gateway.launchers.local import LocalLauncher
 
 DOCKER_CONN_ID = "nvfl_docker_test"
 

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import yaml
 
-from airflow_nevermined_fl import compose
-from airflow_nevermined_fl.devstack import chain, gateways
+from airflow_nevermined_fl.devtools import compose
+from airflow_nevermined_fl.devtools.devstack import chain, gateways
 from airflow_nevermined_fl.gateway.config import parse
-from airflow_nevermined_fl.launchers.docker import DockerTarget
+from airflow_nevermined_fl.gateway.launchers.docker import DockerTarget
 from airflow_nevermined_fl.paths import PROJECT_DIR
 
 COMPOSE_FILE = PROJECT_DIR / "docker-compose.yaml"
@@ -78,7 +78,7 @@ def test_each_gateway_has_its_own_key_and_a_valid_config(config: dict[str, Any],
     services = config["services"]
     for name, provider in GATEWAYS.items():
         service = services[name]
-        assert service["command"] == ["python", "-m", "airflow_nevermined_fl.compose", "gateway"]
+        assert service["command"] == ["python", "-m", "airflow_nevermined_fl.devtools.compose", "gateway"]
         assert service["depends_on"]["devchain"]["condition"] == "service_healthy"
         env = service["environment"]
         assert env["NVFL_GATEWAY_KEY"] == chain.account(provider.account).key.to_0x_hex()

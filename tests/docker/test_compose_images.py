@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from airflow_nevermined_fl import images
+from airflow_nevermined_fl import process
 from airflow_nevermined_fl.contracts import CONTRACTS
-from airflow_nevermined_fl.devstack import process
+from airflow_nevermined_fl.devtools import images
 
 PROBE = """
 import json

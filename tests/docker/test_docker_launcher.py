@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from airflow_nevermined_fl.launchers import get_launcher
-from airflow_nevermined_fl.launchers.base import Labels, WorkloadSpec
-from airflow_nevermined_fl.launchers.docker import (
+from airflow_nevermined_fl.gateway.launchers import get_launcher
+from airflow_nevermined_fl.gateway.launchers.base import Labels, WorkloadSpec
+from airflow_nevermined_fl.gateway.launchers.docker import (
     LABEL,
     WORKDIR,
     DockerConfigError,
@@ -39,7 +39,10 @@ def test_session_in_containers(
         info = engine.inspect_container(coordinator.id)
         tags = info["Config"]["Labels"]
         assert {tags[f"{LABEL}.{k}"] for k in ("dag_id", "run_id", "task_id", "role")} == {
-            session.dag_id, session.run_id, "start_coordinator", "coordinator"
+            session.dag_id,
+            session.run_id,
+            "start_coordinator",
+            "coordinator",
         }
         assert info["Name"] == "/" + container_name(coordinator.labels)
         assert info["HostConfig"]["NetworkMode"] == "host"

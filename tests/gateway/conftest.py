@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from gatewaystack import Consumer, Gateway, start_gateway, stop_gateway
 
-from airflow_nevermined_fl import data
-from airflow_nevermined_fl.devstack import chain
+from airflow_nevermined_fl.devtools import data
+from airflow_nevermined_fl.devtools.devstack import chain
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +34,7 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def s3_dataset(seaweed: dict[str, Any], manifest: dict[str, Any]) -> str:
     """The second shard, uploaded to SeaweedFS: a dataset the gateway reads with its storage keys."""
-    from airflow_nevermined_fl.devstack import s3
+    from airflow_nevermined_fl.devtools.devstack import s3
 
     key = f"datasets/{uuid.uuid4().hex[:12]}/provider-2.npz"
     s3.client(seaweed).upload_file(manifest["providers"][1]["path"], seaweed["bucket"], key)

@@ -16,14 +16,14 @@ from typing import Any
 
 import httpx
 
-from airflow_nevermined_fl import ddo
+from airflow_nevermined_fl import ddo, process
 from airflow_nevermined_fl.contracts.deployment import load_deployment
 from airflow_nevermined_fl.contracts.keeper import HOOK_CONTRACTS, Keeper, KeeperSettings
-from airflow_nevermined_fl.devstack import chain, process, s3
-from airflow_nevermined_fl.gateway.client import GatewayClient
-from airflow_nevermined_fl.launchers import Workload
-from airflow_nevermined_fl.launchers.base import run_key
-from airflow_nevermined_fl.launchers.local import LocalLauncher
+from airflow_nevermined_fl.devtools.devstack import chain, s3
+from airflow_nevermined_fl.gateway.launchers import Workload
+from airflow_nevermined_fl.gateway.launchers.base import run_key
+from airflow_nevermined_fl.gateway.launchers.local import LocalLauncher
+from airflow_nevermined_fl.protocol.client import GatewayClient
 
 NVFL = Path(sys.executable).parent / "nvfl"
 

@@ -12,11 +12,11 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 from gatewaystack import Consumer, Gateway, wait_for
 
-from airflow_nevermined_fl import data
-from airflow_nevermined_fl.devstack import process
-from airflow_nevermined_fl.gateway.client import GatewayClient, GatewayError
-from airflow_nevermined_fl.launchers import Workload
-from airflow_nevermined_fl.launchers.local import LocalLauncher
+from airflow_nevermined_fl import process
+from airflow_nevermined_fl.devtools import data
+from airflow_nevermined_fl.gateway.launchers import Workload
+from airflow_nevermined_fl.gateway.launchers.local import LocalLauncher
+from airflow_nevermined_fl.protocol.client import GatewayClient, GatewayError
 
 
 def test_coordinator_execute_status_logs_stop(

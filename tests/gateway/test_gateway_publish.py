@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from gatewaystack import Consumer, Gateway, gateway_config, nvfl, start_gateway, stop_gateway
 
-from airflow_nevermined_fl import ddo
+from airflow_nevermined_fl import ddo, process
 from airflow_nevermined_fl.contracts.client import connect
-from airflow_nevermined_fl.devstack import chain, process
-from airflow_nevermined_fl.gateway.client import GatewayClient, GatewayError
+from airflow_nevermined_fl.devtools.devstack import chain
+from airflow_nevermined_fl.protocol.client import GatewayClient, GatewayError
 
 
 def test_publish_is_idempotent(data_gw: Gateway, gw_chain: dict[str, Any]) -> None:

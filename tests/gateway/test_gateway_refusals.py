@@ -15,10 +15,10 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 from gatewaystack import Consumer, Gateway
 
-from airflow_nevermined_fl import data
 from airflow_nevermined_fl.contracts.client import connect
-from airflow_nevermined_fl.gateway import API, auth
-from airflow_nevermined_fl.gateway.client import GatewayClient, GatewayError
+from airflow_nevermined_fl.devtools import data
+from airflow_nevermined_fl.protocol import API, auth
+from airflow_nevermined_fl.protocol.client import GatewayClient, GatewayError
 
 
 def _signer(account: Any) -> Callable[[str], str]:

@@ -8,7 +8,7 @@ from typing import Any
 
 from gatewaystack import Consumer, Gateway, wait_for
 
-from airflow_nevermined_fl import data
+from airflow_nevermined_fl.devtools import data
 
 
 def test_session_settled_by_the_providers(

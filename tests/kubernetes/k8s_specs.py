@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from airflow_nevermined_fl import ddo
-from airflow_nevermined_fl.launchers import Labels, WorkloadSpec
+from airflow_nevermined_fl.gateway.launchers import Labels, WorkloadSpec
 
 IMAGE = f"{ddo.RUNTIME_IMAGE}:0.1.0"
 SECRET = "s3-secret-value-never-in-a-pod-spec"
@@ -67,21 +67,15 @@ def coordinator_spec(**overrides: Any) -> WorkloadSpec:
 
 
 def participant_spec(data: str = "/srv/fl-data/provider-1.npz", **overrides: Any) -> WorkloadSpec:
-    """What StartParticipantOperator asks for: no ports, no files, dataset path or s3 URL."""
-    return WorkloadSpec(
+    """What a participant's gateway asks for: no ports, no files, its dataset (path or s3 URL)."""
+    return WorkloadSpec.participant(
         **{
             "labels": labels("participant", "provider-1"),
             "module": ddo.PARTICIPANT_MODULE,
-            "args": [
-                "--coordinator",
-                "nvfl-x.fl.svc:50051",
-                "--data",
-                data,
-                "--model",
-                "softmax",
-                "--heartbeat",
-                "1.0",
-            ],
+            "coordinator": "nvfl-x.fl.svc:50051",
+            "dataset": data,
+            "storage": "s3://nvfl/sessions/s1",
+            "options": {"model": "softmax", "heartbeat": 1.0},
             "secret_env": {"AWS_ACCESS_KEY_ID": "AKIDTEST", "AWS_SECRET_ACCESS_KEY": SECRET},
             "image": IMAGE,
             **overrides,

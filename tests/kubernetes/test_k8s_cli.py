@@ -11,8 +11,8 @@ import pytest
 from fake_apiserver import FakeApiServer
 from k8s_specs import FULL_CONFIG, coordinator_spec, participant_spec
 
-from airflow_nevermined_fl.cli import main
-from airflow_nevermined_fl.launchers import get_launcher
+from airflow_nevermined_fl.devtools.cli import main
+from airflow_nevermined_fl.gateway.launchers import get_launcher
 
 
 def _json(out: str) -> dict:

@@ -28,9 +28,10 @@ from typing import Any
 import pytest
 import real_cluster
 
-from airflow_nevermined_fl import __version__, data, ddo
-from airflow_nevermined_fl.launchers import Labels, Launcher, WorkloadSpec, get_launcher
-from airflow_nevermined_fl.launchers.kubernetes import KubernetesLauncher
+from airflow_nevermined_fl import __version__, ddo
+from airflow_nevermined_fl.devtools import data
+from airflow_nevermined_fl.gateway.launchers import Labels, Launcher, WorkloadSpec, get_launcher
+from airflow_nevermined_fl.gateway.launchers.kubernetes import KubernetesLauncher
 
 IMAGE = os.environ.get("NVFL_TEST_K8S_IMAGE") or f"{ddo.RUNTIME_IMAGE}:{__version__}"
 
@@ -76,7 +77,7 @@ def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
 @pytest.fixture(scope="module")
 def s3_shards(cluster_s3: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     """Two IID digits shards uploaded to the S3 the pods reach: datasets the participants fetch."""
-    from airflow_nevermined_fl.devstack import s3
+    from airflow_nevermined_fl.devtools.devstack import s3
 
     client = s3.client(cluster_s3)
     manifest = data.partition(tmp_path_factory.mktemp("k8s-shards"), 2, "iid", 0.5, 0.2, 0)
@@ -90,7 +91,7 @@ def s3_shards(cluster_s3: dict[str, Any], tmp_path_factory: pytest.TempPathFacto
 def _session(
     coordinator: Launcher, participants: Launcher, cluster_s3: dict[str, Any], shards: list[str]
 ) -> Any:
-    from airflow_nevermined_fl.launchers.bare import BareSession
+    from airflow_nevermined_fl.devtools.bare import BareSession
 
     run_id = f"k8s-{uuid.uuid4().hex[:8]}"
     return BareSession.on_devstack_s3(
@@ -157,7 +158,8 @@ def test_failed_start_leaves_no_orphans(launcher: KubernetesLauncher) -> None:
     spec = WorkloadSpec(
         labels=labels,
         module=ddo.PARTICIPANT_MODULE,
-        args=["--coordinator", "127.0.0.1:1", "--data", "s3://none/x.npz"],
+        args=["--coordinator", "127.0.0.1:1", "--data", "{dataset}"],
+        dataset="s3://none/x.npz",
         secret_env={"AWS_SECRET_ACCESS_KEY": "not-a-real-key"},
         image="nvfl.invalid/no-such-image:0",
     )

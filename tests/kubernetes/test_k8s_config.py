@@ -10,8 +10,8 @@ import pytest
 from fake_apiserver import FakeApiServer
 from k8s_specs import coordinator_spec, participant_spec
 
-from airflow_nevermined_fl.launchers import get_launcher
-from airflow_nevermined_fl.launchers.k8s_config import KubernetesConfigError, parse
+from airflow_nevermined_fl.gateway.launchers import get_launcher
+from airflow_nevermined_fl.gateway.launchers.k8s_config import KubernetesConfigError, parse
 
 BAD_CONFIGS = [
     ({"service_type": "ExternalName"}, "extra.nvfl.service_type: 'ExternalName' is not one of"),

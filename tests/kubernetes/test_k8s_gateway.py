@@ -17,13 +17,13 @@ from fake_apiserver import FakeApiServer
 from k8s_specs import IMAGE
 
 from airflow_nevermined_fl import ddo
-from airflow_nevermined_fl.devstack import chain, gateways
+from airflow_nevermined_fl.devtools.devstack import chain, gateways
 from airflow_nevermined_fl.gateway.app import BACKEND_CONN_ID, launcher_for
 from airflow_nevermined_fl.gateway.checks import Refusal
-from airflow_nevermined_fl.gateway.client import GatewayClient
 from airflow_nevermined_fl.gateway.config import GatewayConfigError, load, parse
 from airflow_nevermined_fl.gateway.executions import Executions
 from airflow_nevermined_fl.gateway.workloads import ParticipantPlan
+from airflow_nevermined_fl.protocol.client import GatewayClient
 
 HIDDEN_DATASET = "/srv/provider-only/shard.npz"
 

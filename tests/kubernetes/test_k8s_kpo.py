@@ -14,8 +14,8 @@ from k8s_specs import FULL_CONFIG, coordinator_spec, participant_spec
 from kubernetes.client import ApiClient
 from kubernetes_validate.utils import latest_version
 
-from airflow_nevermined_fl.launchers import k8s_manifests as m
-from airflow_nevermined_fl.launchers.k8s_config import parse
+from airflow_nevermined_fl.gateway.launchers import k8s_manifests as m
+from airflow_nevermined_fl.gateway.launchers.k8s_config import parse
 
 
 def kpo(pod: dict[str, Any]) -> KubernetesPodOperator:

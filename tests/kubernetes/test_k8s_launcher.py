@@ -14,8 +14,8 @@ import pytest
 from fake_apiserver import FakeApiServer
 from k8s_specs import SECRET, coordinator_spec, labels, participant_spec
 
-from airflow_nevermined_fl.launchers import Workload, get_launcher
-from airflow_nevermined_fl.launchers import k8s_manifests as m
+from airflow_nevermined_fl.gateway.launchers import Workload, get_launcher
+from airflow_nevermined_fl.gateway.launchers import k8s_manifests as m
 
 NS = "fl"
 
@@ -173,3 +173,17 @@ def test_two_clusters_one_connection_each(tmp_path: Path, k8s_conn: Callable[...
         assert not data.objects and compute.objects
         assert [w.id for w in coordinator_side.stop_run(dag_id, run_id)] == [coord.id]
         assert not compute.objects
+
+
+def test_secret_files_secret_is_owned_and_torn_down(api: FakeApiServer, conn: Callable[..., str]) -> None:
+    launcher = get_launcher("kubernetes", conn())
+    coord = launcher.start(coordinator_spec(secret_files={"token": SECRET}))
+    name, files = coord.details["pod"], m.secret_files_name(coord.labels)
+    pod_uid = api.objects[("pods", NS, name)]["metadata"]["uid"]
+    stored = api.objects[("secrets", NS, files)]
+    assert stored["metadata"]["ownerReferences"][0]["uid"] == pod_uid
+    assert base64.b64decode(stored["data"]["token"]).decode() == SECRET
+    assert "token" not in api.objects[("secrets", NS, name)]["data"]
+    assert SECRET not in json.dumps(api.objects[("pods", NS, name)])
+    launcher.stop_run(coord.labels.dag_id, coord.labels.run_id)
+    assert run_objects(api, coord.labels.dag_id, coord.labels.run_id) == {}

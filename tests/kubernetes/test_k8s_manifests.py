@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import re
 from typing import Any
@@ -13,8 +14,8 @@ import pytest
 from k8s_specs import FULL_CONFIG, IMAGE, SECRET, coordinator_spec, labels, participant_spec
 from kubernetes_validate.utils import latest_version
 
-from airflow_nevermined_fl.launchers import k8s_manifests as m
-from airflow_nevermined_fl.launchers.k8s_config import (
+from airflow_nevermined_fl.gateway.launchers import k8s_manifests as m
+from airflow_nevermined_fl.gateway.launchers.k8s_config import (
     DNS_LABEL,
     LABEL_KEY,
     LABEL_VALUE,
@@ -198,3 +199,31 @@ def test_names_and_labels_of_awkward_ids() -> None:
     second = labels("participant", "university-hospital-of-somewhere-b")
     assert first.workload_key() == second.workload_key()
     assert m.object_name(first) != m.object_name(second)
+
+
+def test_secret_files_in_a_secret_of_their_own() -> None:
+    """Secret files are mounted from their own Secret (the env Secret is taken whole as environment)."""
+    cfg = config()
+    spec = coordinator_spec(secret_files={"token": SECRET})
+    pod, files = m.pod(spec, cfg), m.secret_files(spec, cfg)
+    validate(pod)
+    validate(files)
+    assert SECRET not in json.dumps(pod) and SECRET not in json.dumps(m.config_map(spec, cfg))
+    assert files["stringData"] == {"token": SECRET} and "token" not in m.secret(spec, cfg)["stringData"]
+    name = files["metadata"]["name"]
+    assert name != pod["metadata"]["name"] and files["metadata"]["labels"] == pod["metadata"]["labels"]
+    assert {"name": "secret-files", "secret": {"secretName": name}} in pod["spec"]["volumes"]
+    mount = {"name": "secret-files", "mountPath": "/nvfl/work/token", "subPath": "token", "readOnly": True}
+    assert mount in pod["spec"]["containers"][0]["volumeMounts"]
+    with pytest.raises(m.KubernetesConfigError, match="secret_files: 'session.json'"):
+        m.check_spec(coordinator_spec(secret_files={"session.json": "x"}), cfg)
+
+
+def test_dataset_is_the_specs_not_an_argument() -> None:
+    """The dataset volume follows ``WorkloadSpec.dataset``; ``{dataset}`` in the args is filled in."""
+    spec = participant_spec()
+    assert "{dataset}" in spec.args and spec.dataset == "/srv/fl-data/provider-1.npz"
+    args = m.pod(spec, config())["spec"]["containers"][0]["args"]
+    assert args[args.index("--data") + 1] == spec.dataset
+    no_dataset = dataclasses.replace(spec, args=["--data", "/srv/fl-data/provider-1.npz"], dataset=None)
+    assert "dataset" not in [v["name"] for v in m.pod(no_dataset, config())["spec"]["volumes"]]

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from airflow_nevermined_fl import data, runtime_env
-from airflow_nevermined_fl.devstack import s3
+from airflow_nevermined_fl import runtime_env
+from airflow_nevermined_fl.devtools import data
+from airflow_nevermined_fl.devtools.devstack import s3
 
 HERE = Path(__file__).resolve().parent
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from airflow_nevermined_fl.session_local import runtime_env
+from airflow_nevermined_fl.devtools.session_local import runtime_env
 
 COORDINATOR = "airflow_nevermined_fl.runtime.coordinator"
 PARTICIPANT = "airflow_nevermined_fl.runtime.participant"

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from airflow_nevermined_fl.runtime.config import ConfigError, load, parse
+from airflow_nevermined_fl.runtime.config import (
+    ConfigError,
+    ModelSpec,
+    SessionConfig,
+    StorageSpec,
+    load,
+    parse,
+)
 
 VALID: dict[str, Any] = {
     "session_id": "s-1",
@@ -76,3 +84,32 @@ def test_toml_config(tmp_path: Path) -> None:
         "nvfl",
         "custom",
     )
+
+
+def test_rendered_config_parses_back_equal() -> None:
+    """What callers render (``SessionConfig.to_json``) is what the coordinator reads, field for field."""
+    config = SessionConfig(
+        session_id="s-2",
+        rounds=3,
+        storage=StorageSpec("nvfl", "/sessions/s-2", "http://127.0.0.1:9000"),
+        heartbeat_period=0.5,
+        grpc_port=50051,
+        model=ModelSpec.of({"name": "softmax", "num_features": 64, "num_classes": 10}),
+        initial_model="s3://nvfl/m/final.npz",
+        linger=600,
+    )
+    assert config.storage.prefix == "sessions/s-2/"
+    assert parse(json.loads(config.to_json())) == config
+    custom = SessionConfig("s-3", 1, StorageSpec("nvfl"), model=ModelSpec.of({"name": "pkg.mod:Net"}))
+    assert custom.to_dict()["model"] == {"name": "custom"} and "initial_model" not in custom.to_dict()
+    assert parse(custom.to_dict()) == custom
+
+
+def test_heartbeat_timeout_defaults_from_the_period() -> None:
+    """One rule, whoever renders or omits it: 5 periods, at least 5 s; an explicit value wins."""
+    storage = StorageSpec("nvfl")
+    assert SessionConfig("s", 1, storage, heartbeat_period=0.5).heartbeat_timeout == 5.0
+    assert SessionConfig("s", 1, storage, heartbeat_period=10).heartbeat_timeout == 50.0
+    assert SessionConfig("s", 1, storage, heartbeat_timeout=2).heartbeat_timeout == 2
+    assert parse({**VALID, "heartbeat_period": 2}).heartbeat_timeout == 10.0
+    assert parse({**VALID, "heartbeat_timeout": 3}).heartbeat_timeout == 3.0

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from airflow_nevermined_fl.cli import main
-from airflow_nevermined_fl.data import DataError, _load, partition
+from airflow_nevermined_fl.devtools.cli import main
+from airflow_nevermined_fl.devtools.data import DataError, _load, partition
 
 
 def _rows(path: str) -> np.ndarray:

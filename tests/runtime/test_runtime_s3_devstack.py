@@ -13,7 +13,7 @@ from botocore import UNSIGNED
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from airflow_nevermined_fl.devstack import s3
+from airflow_nevermined_fl.devtools.devstack import s3
 
 
 def _listening_addresses(pid: int) -> set[str]:

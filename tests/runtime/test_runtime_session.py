@@ -20,8 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from airflow_nevermined_fl.runtime.safe_pickle import loads_array
-from airflow_nevermined_fl.session_local import (
+from airflow_nevermined_fl.devtools.session_local import (
     Coordinator,
     LocalSession,
     RuntimeProcess,
@@ -30,6 +29,7 @@ from airflow_nevermined_fl.session_local import (
     start_participant,
     wait_ended,
 )
+from airflow_nevermined_fl.runtime.safe_pickle import loads_array
 
 HERE = Path(__file__).resolve().parent
 
@@ -328,7 +328,7 @@ def test_status_endpoints_and_sigterm(
 def test_participant_exits_3_when_the_coordinator_is_unreachable(
     fl_python: Path, shards: dict[str, Any], seaweed: dict[str, Any], s3_env: dict[str, str]
 ) -> None:
-    from airflow_nevermined_fl.devstack.process import free_port
+    from airflow_nevermined_fl.process import free_port
 
     started = time.monotonic()
     result = subprocess.run(

@@ -1,5 +1,5 @@
 """``nvfl compose env``: the ``.env`` file of the top-level ``docker-compose.yaml``; and the entry point of
-its provider gateway services (``python -m airflow_nevermined_fl.compose gateway``).
+its provider gateway services (``python -m airflow_nevermined_fl.devtools.compose gateway``).
 
 The compose file has no default secrets: this writes fresh random ones (PostgreSQL, MinIO, Airflow's admin
 password and JWT/API secrets), the consumer's Airflow connections (its account on the compose devchain,
@@ -36,10 +36,13 @@ def gateway_variable(name: str, what: str) -> str:
 
 def _gateways(chain_state: dict[str, Any], s3_state: dict[str, Any]) -> dict[str, str]:
     """Per provider gateway: its config (its data provider's dataset on S3) and its key (secret)."""
-    from airflow_nevermined_fl.devstack import chain, gateways
-    from airflow_nevermined_fl.launchers.docker import connection_json
+    from airflow_nevermined_fl.devtools.devstack import chain, gateways
+    from airflow_nevermined_fl.gateway.launchers.docker import connection_json
 
-    backend = {"type": "docker", "connection": json.loads(connection_json(docker_url=f"unix://{DOCKER_SOCKET}"))}
+    backend = {
+        "type": "docker",
+        "connection": json.loads(connection_json(docker_url=f"unix://{DOCKER_SOCKET}")),
+    }
     values = {}
     for i, p in enumerate(gateways.PROVIDERS):
         dataset = f"s3://{BUCKET}/providers/{p.name}/{gateways.DATASET}" if p.shard is not None else None
@@ -53,8 +56,8 @@ def _gateways(chain_state: dict[str, Any], s3_state: dict[str, Any]) -> dict[str
 
 def env(docker_socket: str = "/var/run/docker.sock") -> dict[str, str]:
     """Variables for ``.env`` (secret: keep the file 0600)."""
-    from airflow_nevermined_fl.devstack import chain, s3
-    from airflow_nevermined_fl.devstack.airflow import STORAGE_CONN_ID
+    from airflow_nevermined_fl.devtools.devstack import chain, s3
+    from airflow_nevermined_fl.devtools.devstack.airflow import STORAGE_CONN_ID
 
     minio_user, minio_password = f"nvfl-{secrets.token_hex(4)}", secrets.token_urlsafe(24)
     chain_state = {
@@ -100,7 +103,7 @@ def write_gateway_files(environ: MutableMapping[str, str]) -> Path:
     """In a gateway service: its key and storage credentials (0600) and its config, from the variables
     compose gives it (``NVFL_GATEWAY_CONFIG``, ``NVFL_GATEWAY_KEY``, ``NVFL_GATEWAY_S3_ACCESS_KEY``,
     ``NVFL_GATEWAY_S3_SECRET_KEY``); the secret ones are removed from ``environ``. Returns the config file."""
-    from airflow_nevermined_fl.devstack.gateways import write_secret
+    from airflow_nevermined_fl.devtools.devstack.gateways import write_secret
 
     config = json.loads(environ["NVFL_GATEWAY_CONFIG"])
     key_file = Path(config["key_file"])
@@ -117,7 +120,7 @@ def write_gateway_files(environ: MutableMapping[str, str]) -> Path:
 
 def _upload_demo_data(config_file: Path) -> None:
     """A data provider's demo data (its shard of the partition) at its ``s3://`` dataset, when missing."""
-    from airflow_nevermined_fl.devstack.gateways import PROVIDERS, partition_demo
+    from airflow_nevermined_fl.devtools.devstack.gateways import PROVIDERS, partition_demo
     from airflow_nevermined_fl.gateway.config import load
     from airflow_nevermined_fl.gateway.resources import Provider, split_s3_url
 
@@ -148,7 +151,7 @@ def serve_gateway() -> None:
 
 def main(argv: Sequence[str]) -> int:
     if list(argv) != ["gateway"]:
-        print("usage: python -m airflow_nevermined_fl.compose gateway", file=sys.stderr)
+        print("usage: python -m airflow_nevermined_fl.devtools.compose gateway", file=sys.stderr)
         return 2
     serve_gateway()
     return 0

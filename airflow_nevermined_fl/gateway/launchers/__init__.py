@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import importlib
 
-from airflow_nevermined_fl.launchers.base import Labels, Launcher, Workload, WorkloadSpec, WorkloadStatus
+from airflow_nevermined_fl.gateway.launchers.base import (
+    Labels,
+    Launcher,
+    Workload,
+    WorkloadSpec,
+    WorkloadStatus,
+)
 
 # backend name -> "module:Class"; the Docker and Kubernetes backends register here when they land.
 BACKENDS: dict[str, str] = {
-    "local": "airflow_nevermined_fl.launchers.local:LocalLauncher",
-    "docker": "airflow_nevermined_fl.launchers.docker:DockerLauncher",
-    "kubernetes": "airflow_nevermined_fl.launchers.kubernetes:KubernetesLauncher",
+    "local": "airflow_nevermined_fl.gateway.launchers.local:LocalLauncher",
+    "docker": "airflow_nevermined_fl.gateway.launchers.docker:DockerLauncher",
+    "kubernetes": "airflow_nevermined_fl.gateway.launchers.kubernetes:KubernetesLauncher",
 }
 
 __all__ = ["BACKENDS", "Labels", "Launcher", "Workload", "WorkloadSpec", "WorkloadStatus", "get_launcher"]

@@ -175,8 +175,19 @@ def _build_cached(
             for name, source in context_files().items():
                 _put(context, name, source)
             (context / "project").mkdir()
-            _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(context / "project"),
-                  str(PROJECT_DIR)])
+            _run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "wheel",
+                    "-q",
+                    "--no-deps",
+                    "-w",
+                    str(context / "project"),
+                    str(PROJECT_DIR),
+                ]
+            )
             _docker_build(client, context, cached, {"BASE_IMAGE": base_image}, target)
     client.tag(cached, repository, __version__, force=True)
     _prune_builds(client, repository, keep=cached)
@@ -199,7 +210,8 @@ def _constraints() -> bytes:
     """The versions of this (tested) Airflow environment, as pip constraints."""
     frozen = subprocess.run(
         [sys.executable, "-m", "pip", "freeze", "--exclude-editable", "--disable-pip-version-check"],
-        capture_output=True, check=True,
+        capture_output=True,
+        check=True,
     ).stdout
     return b"".join(line + b"\n" for line in frozen.splitlines() if b"==" in line)
 
@@ -221,8 +233,22 @@ def airflow_wheelhouse() -> Path:
     target.mkdir(parents=True)
     (target / "constraints.txt").write_bytes(constraints)
     (target / "requirements.txt").write_text(requirements)
-    _run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "-w", str(target),
-          "-c", str(target / "constraints.txt"), "-r", str(target / "requirements.txt")])
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--disable-pip-version-check",
+            "-w",
+            str(target),
+            "-c",
+            str(target / "constraints.txt"),
+            "-r",
+            str(target / "requirements.txt"),
+        ]
+    )
     (target / ".complete").write_text(key + "\n")
     return target
 
@@ -253,15 +279,22 @@ def build_airflow_images(client: APIClient, base_image: str | None = None) -> di
         "devchain/artifacts.json": artifacts,
         f"devchain/node_modules/{anvil.relative_to(modules)}": anvil,
         "devchain/node_modules/solc/package.json": modules / "solc" / "package.json",
-        "devchain/node_modules/@nevermined-io/contracts/package.json":
-            modules / "@nevermined-io" / "contracts" / "package.json",
+        "devchain/node_modules/@nevermined-io/contracts/package.json": modules
+        / "@nevermined-io"
+        / "contracts"
+        / "package.json",
         "src/airflow_nevermined_fl": PACKAGE_DIR,
     }
     # anvil's version is pinned by the npm lock file
     devchain_inputs = inputs + [artifacts.read_bytes(), (DEVCHAIN_DIR / "package-lock.json").read_bytes()]
     devchain = _build_cached(
-        client, DEVCHAIN_IMAGE, base_image, AIRFLOW_DOCKERFILE, devchain_inputs,
-        lambda: airflow_files() | devchain_files, target="devchain",
+        client,
+        DEVCHAIN_IMAGE,
+        base_image,
+        AIRFLOW_DOCKERFILE,
+        devchain_inputs,
+        lambda: airflow_files() | devchain_files,
+        target="devchain",
     )
     return {"airflow_image": airflow, "devchain_image": devchain}
 
@@ -283,8 +316,9 @@ def _docker_build(
     client: APIClient, context: Path, tag: str, buildargs: dict[str, str], target: str | None
 ) -> None:
     output: list[str] = []
-    for chunk in client.build(path=str(context), tag=tag, buildargs=buildargs, target=target, rm=True,
-                              forcerm=True, decode=True):
+    for chunk in client.build(
+        path=str(context), tag=tag, buildargs=buildargs, target=target, rm=True, forcerm=True, decode=True
+    ):
         if "stream" in chunk:
             output.append(chunk["stream"])
         if "error" in chunk:
@@ -305,4 +339,3 @@ def build_all(client: APIClient | None = None, airflow: bool = False) -> dict[st
     base = build_base_image(client)
     built = {"base_image": base, "runtime_image": build_runtime_image(client, base)}
     return built | build_airflow_images(client, base) if airflow else built
-

@@ -1,9 +1,9 @@
 """Local-process backend (embedded default): runtime processes with the FL venv's python.
 
 Each workload gets a directory ``<root>/<run key>/<workload key>/`` (root: ``<state dir>/workloads``
-unless given) holding its files, ``output.log``, ``exit_code`` once it ended, and ``workload.json`` (pid,
-process start time, argv, public env; never the secret env), so a teardown in another process, or after a
-worker crash, finds and stops it.
+unless given) holding its files (its secret files mode 0600), ``output.log``, ``exit_code`` once it ended,
+and ``workload.json`` (pid, process start time, argv, public env; never the secret env or files), so a
+teardown in another process, or after a worker crash, finds and stops it.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import signal
 import time
 from pathlib import Path
 
-from airflow_nevermined_fl.devstack import process
-from airflow_nevermined_fl.launchers.base import (
+from airflow_nevermined_fl import process
+from airflow_nevermined_fl.gateway.launchers.base import (
     Labels,
     Launcher,
     Workload,
@@ -55,6 +55,13 @@ def _group_running(pgid: int) -> bool:
         if fields[2] == str(pgid) and fields[0] != "Z":
             return True
     return False
+
+
+def _write_private(path: Path, content: str) -> None:
+    """``content`` into ``path``, readable by its owner only (also when the file existed)."""
+    path.unlink(missing_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+        handle.write(content)
 
 
 def _runtime_python() -> Path:
@@ -96,8 +103,9 @@ class LocalLauncher(Launcher):
         (directory / "exit_code").unlink(missing_ok=True)
         for name, content in spec.files.items():
             (directory / name).write_text(content)
-        args = [a.replace("{workdir}", str(directory)) for a in spec.args]
-        argv = [str(_runtime_python()), "-u", "-m", spec.module, *args]
+        for name, content in spec.secret_files.items():
+            _write_private(directory / name, content)
+        argv = [str(_runtime_python()), "-u", "-m", spec.module, *spec.argv(str(directory))]
         # The shell records the exit code, so status() knows it from any process.
         wrapper = ["/bin/sh", "-c", f'{shlex.join(argv)}; echo $? > "$0"', str(directory / "exit_code")]
         env = {k: os.environ[k] for k in _INHERITED if k in os.environ}

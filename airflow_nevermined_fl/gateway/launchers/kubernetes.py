@@ -2,10 +2,10 @@
 connection per provider: multi-cluster), the coordinator behind a Service.
 
 API access goes through the cncf-kubernetes provider's ``KubernetesHook``. The workload's public files
-travel in a ConfigMap, its secret environment in a Secret (never in the pod spec); both and the Service
-carry an owner reference to the pod, so deleting the pod garbage-collects them. Teardown deletes by
-label (``stop_run``), which also catches objects whose pod was never created. A pod that outlives a lost
-teardown is still bounded by ``activeDeadlineSeconds``.
+travel in a ConfigMap, its secret environment and its secret files each in a Secret (never in the pod
+spec); these and the Service carry an owner reference to the pod, so deleting the pod garbage-collects
+them. Teardown deletes by label (``stop_run``), which also catches objects whose pod was never created. A
+pod that outlives a lost teardown is still bounded by ``activeDeadlineSeconds``.
 """
 
 from __future__ import annotations
@@ -14,9 +14,15 @@ import itertools
 import time
 from typing import TYPE_CHECKING, Any
 
-from airflow_nevermined_fl.launchers import k8s_manifests as m
-from airflow_nevermined_fl.launchers.base import Labels, Launcher, Workload, WorkloadSpec, WorkloadStatus
-from airflow_nevermined_fl.launchers.k8s_config import KubernetesConfigError, ProviderConfig, parse
+from airflow_nevermined_fl.gateway.launchers import k8s_manifests as m
+from airflow_nevermined_fl.gateway.launchers.base import (
+    Labels,
+    Launcher,
+    Workload,
+    WorkloadSpec,
+    WorkloadStatus,
+)
+from airflow_nevermined_fl.gateway.launchers.k8s_config import KubernetesConfigError, ProviderConfig, parse
 
 if TYPE_CHECKING:
     from kubernetes.client import CoreV1Api
@@ -82,17 +88,21 @@ class KubernetesLauncher(Launcher):
     def _create(self, spec: WorkloadSpec, name: str) -> None:
         """ConfigMap and Secret, the pod, their owner references, then the Service and its address."""
         ns = self.config.namespace
-        if spec.files:
-            self.api.create_namespaced_config_map(ns, m.config_map(spec, self.config))
-        if spec.secret_env:
-            self.api.create_namespaced_secret(ns, m.secret(spec, self.config))
+        referred = (  # (kind, name, manifest, wanted) of what the pod refers to
+            ("config_map", name, m.config_map, spec.files),
+            ("secret", name, m.secret, spec.secret_env),
+            ("secret", m.secret_files_name(spec.labels), m.secret_files, spec.secret_files),
+        )
+        objects = [
+            (kind, object_name, manifest) for kind, object_name, manifest, wanted in referred if wanted
+        ]
+        for kind, _, manifest in objects:
+            getattr(self.api, f"create_namespaced_{kind}")(ns, manifest(spec, self.config))
         created = self.api.create_namespaced_pod(ns, m.pod(spec, self.config))
         owner = m.owner_reference(name, created.metadata.uid)
         patch = {"metadata": {"ownerReferences": [owner]}}
-        if spec.files:
-            self.api.patch_namespaced_config_map(name, ns, patch)
-        if spec.secret_env:
-            self.api.patch_namespaced_secret(name, ns, patch)
+        for kind, object_name, _ in objects:
+            getattr(self.api, f"patch_namespaced_{kind}")(object_name, ns, patch)
         if spec.ports:
             self.api.create_namespaced_service(ns, m.service(spec, self.config, owner))
             self._wait_endpoints(name)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from airflow_nevermined_fl.devstack import process
+from airflow_nevermined_fl import process
 
 HOST = "127.0.0.1"
 BUCKET = "nvfl"

@@ -1,4 +1,5 @@
-"""Kubernetes manifests (plain API dicts) of one workload: pod, service, config map, secret.
+"""Kubernetes manifests (plain API dicts) of one workload: pod, service, config map, secrets (its secret
+environment; its secret files).
 
 Pure functions of the workload spec and the provider config: no API calls, so every manifest can be
 validated against the Kubernetes OpenAPI schema without a cluster. Every object carries the labels of
@@ -11,8 +12,8 @@ import hashlib
 import re
 from typing import Any
 
-from airflow_nevermined_fl.launchers.base import Labels, WorkloadSpec, run_key
-from airflow_nevermined_fl.launchers.k8s_config import KubernetesConfigError, ProviderConfig
+from airflow_nevermined_fl.gateway.launchers.base import Labels, WorkloadSpec, run_key
+from airflow_nevermined_fl.gateway.launchers.k8s_config import KubernetesConfigError, ProviderConfig
 
 CONTAINER = "base"  # the cncf-kubernetes provider's name for the workload container
 WORKDIR = "/nvfl/work"
@@ -89,14 +90,17 @@ def check_spec(spec: WorkloadSpec, config: ProviderConfig) -> None:
             raise KubernetesConfigError(
                 f"WorkloadSpec.env: {name!r} is not a valid environment variable name"
             )
-    for name in spec.files:
-        if not _FILE_NAME.match(name):
-            raise KubernetesConfigError(f"WorkloadSpec.files: {name!r} is not a plain file name")
+    for kind, names, taken in (("files", spec.files, {}), ("secret_files", spec.secret_files, spec.files)):
+        for name in names:
+            if not _FILE_NAME.match(name) or name in taken:
+                raise KubernetesConfigError(
+                    f"WorkloadSpec.{kind}: {name!r} is not a plain file name of its own"
+                )
     for name, port in spec.ports.items():
         if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name) or len(name) > 15 or not 0 < port < 65536:
             raise KubernetesConfigError(f"WorkloadSpec.ports: {name!r}: {port} is not a valid named port")
-    data = dataset_path(spec.args)
-    if data and data.startswith("/"):
+    data = spec.local_dataset
+    if data:
         mount = config.dataset_mount_path
         if mount is None:
             raise KubernetesConfigError(
@@ -110,26 +114,27 @@ def check_spec(spec: WorkloadSpec, config: ProviderConfig) -> None:
             )
 
 
-def dataset_path(args: list[str]) -> str | None:
-    """The participant's ``--data`` argument, if any."""
-    return args[args.index("--data") + 1] if "--data" in args[:-1] else None
-
-
-def _args(spec: WorkloadSpec) -> list[str]:
-    return [a.replace("{workdir}", WORKDIR) for a in spec.args]
+def secret_files_name(labels: Labels) -> str:
+    """Name of the Secret holding a workload's secret files (apart from its secret environment)."""
+    return f"{object_name(labels)[:57].rstrip('-')}-files"
 
 
 def _volumes(spec: WorkloadSpec, name: str, config: ProviderConfig) -> tuple[list[dict], list[dict]]:
     volumes: list[dict[str, Any]] = [{"name": "work", "emptyDir": {}}]
     mounts: list[dict[str, Any]] = [{"name": "work", "mountPath": WORKDIR}]
-    if spec.files:
-        volumes.append({"name": "files", "configMap": {"name": name}})
-        mounts += [
-            {"name": "files", "mountPath": f"{WORKDIR}/{f}", "subPath": f, "readOnly": True}
-            for f in spec.files
-        ]
+    sources = (
+        ("files", spec.files, {"configMap": {"name": name}}),
+        ("secret-files", spec.secret_files, {"secret": {"secretName": secret_files_name(spec.labels)}}),
+    )
+    for volume_name, files, source in sources:
+        if files:
+            volumes.append({"name": volume_name, **source})
+            mounts += [
+                {"name": volume_name, "mountPath": f"{WORKDIR}/{f}", "subPath": f, "readOnly": True}
+                for f in files
+            ]
     volume = config.dataset_volume
-    if volume and dataset_path(spec.args):
+    if volume and spec.local_dataset:
         source = (
             {"hostPath": {"path": volume["host_path"], "type": "Directory"}}
             if "host_path" in volume
@@ -150,7 +155,7 @@ def pod(spec: WorkloadSpec, config: ProviderConfig) -> dict[str, Any]:
         "name": CONTAINER,
         "image": spec.image,
         "command": ["python", "-u", "-m", spec.module],
-        "args": _args(spec),
+        "args": spec.argv(WORKDIR),
         "workingDir": WORKDIR,
         "env": [{"name": k, "value": v} for k, v in {"PYTHONUNBUFFERED": "1", **spec.env}.items()],
         "ports": [{"name": n, "containerPort": p, "protocol": "TCP"} for n, p in spec.ports.items()],
@@ -229,6 +234,14 @@ def secret(spec: WorkloadSpec, config: ProviderConfig) -> dict[str, Any]:
         "metadata": metadata(spec.labels, config.namespace),
         "stringData": dict(spec.secret_env),
     }
+
+
+def secret_files(spec: WorkloadSpec, config: ProviderConfig) -> dict[str, Any]:
+    """The workload's secret files (mounted into its work directory): a Secret of their own, so that none
+    becomes an environment variable of the pod (it takes the other Secret whole)."""
+    meta = metadata(spec.labels, config.namespace)
+    meta["name"] = secret_files_name(spec.labels)
+    return {**secret(spec, config), "metadata": meta, "stringData": dict(spec.secret_files)}
 
 
 def service_endpoints(svc: dict[str, Any], node_host: str | None) -> dict[str, str] | None:

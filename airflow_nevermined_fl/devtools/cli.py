@@ -44,7 +44,7 @@ def _json_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def _devstack(args: argparse.Namespace) -> int:
-    from airflow_nevermined_fl import devstack
+    from airflow_nevermined_fl.devtools import devstack
 
     if args.action == "down":
         devstack.down()
@@ -101,7 +101,7 @@ def _add_runtime(sub: argparse._SubParsersAction) -> None:
 def _data(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from airflow_nevermined_fl import data
+    from airflow_nevermined_fl.devtools import data
 
     try:
         manifest = data.partition(
@@ -134,7 +134,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 
 def _session(args: argparse.Namespace) -> int:
-    from airflow_nevermined_fl.session_local import LocalSession, SessionLocalError
+    from airflow_nevermined_fl.devtools.session_local import LocalSession, SessionLocalError
 
     session = LocalSession(
         participants=args.participants,
@@ -182,7 +182,7 @@ def _add_session(sub: argparse._SubParsersAction) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from airflow_nevermined_fl import demo
+    from airflow_nevermined_fl.devtools import demo
 
     result = demo.run(rounds=args.rounds, timeout=args.timeout, backend=args.backend)
     if args.json:
@@ -205,7 +205,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _images(args: argparse.Namespace) -> int:
-    from airflow_nevermined_fl import images
+    from airflow_nevermined_fl.devtools import images
 
     try:
         _print(images.build_all(airflow=args.airflow), args.json)
@@ -225,8 +225,8 @@ def _add_images(sub: argparse._SubParsersAction) -> None:
 def _kubernetes(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from airflow_nevermined_fl.launchers.k8s_config import KubernetesConfigError
-    from airflow_nevermined_fl.launchers.kubernetes import KubernetesLauncher
+    from airflow_nevermined_fl.gateway.launchers.k8s_config import KubernetesConfigError
+    from airflow_nevermined_fl.gateway.launchers.kubernetes import KubernetesLauncher
 
     try:
         launcher = KubernetesLauncher(conn_id=args.conn_id)
@@ -258,7 +258,7 @@ def _add_kubernetes(sub: argparse._SubParsersAction) -> None:
 
 
 def _compose(args: argparse.Namespace) -> int:
-    from airflow_nevermined_fl import compose
+    from airflow_nevermined_fl.devtools import compose
 
     print(compose.dotenv(compose.env(args.docker_socket)), end="")
     return 0

@@ -8,8 +8,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from airflow_nevermined_fl import devstack
-from airflow_nevermined_fl.rest import AirflowClient
+from airflow_nevermined_fl.devtools import devstack
+from airflow_nevermined_fl.devtools.rest import AirflowClient
 
 DAG_ID = "fl_session"
 
@@ -17,8 +17,8 @@ DAG_ID = "fl_session"
 def provider_assets(gateways_state: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Per provider: its gateway's public fields with the price read from the DDO its gateway serves."""
     from airflow_nevermined_fl import ddo
-    from airflow_nevermined_fl.devstack import gateways
-    from airflow_nevermined_fl.gateway.client import GatewayClient
+    from airflow_nevermined_fl.devtools.devstack import gateways
+    from airflow_nevermined_fl.protocol.client import GatewayClient
 
     assets = gateways.public(gateways_state)["gateways"]
     for asset in assets.values():
@@ -91,8 +91,8 @@ def session_summary(client: AirflowClient, dag_id: str, run_id: str) -> dict[str
 
 def _leftover_containers(payments: list[dict[str, Any]]) -> int:
     """Containers still labelled with one of the session's agreements (gateways label a run by it)."""
-    from airflow_nevermined_fl import images
-    from airflow_nevermined_fl.launchers.docker import LABEL
+    from airflow_nevermined_fl.devtools import images
+    from airflow_nevermined_fl.gateway.launchers.docker import LABEL
 
     engine = images.local_engine()
     return sum(
@@ -106,10 +106,10 @@ def run(rounds: int = 3, timeout: float = 900.0, backend: str = "local") -> dict
 
     ``backend="docker"``: the gateways run every workload in a container of the runtime image (built if
     missing)."""
-    from airflow_nevermined_fl.devstack import airflow, chain, gateways
+    from airflow_nevermined_fl.devtools.devstack import airflow, chain, gateways
 
     if backend == "docker":
-        from airflow_nevermined_fl import images
+        from airflow_nevermined_fl.devtools import images
 
         images.build_all()
     status = devstack.up(backend=backend)

@@ -9,7 +9,7 @@ Its ``extra`` says where the engine is and how workloads are reached:
   coordinator URL); default the host of a ``tcp://`` URL, else ``127.0.0.1``. Workloads bind all
   interfaces unless it is a loopback address.
 - ``mounts``: ``["SRC:DST[:ro]", ...]`` host paths of the Docker host made visible to workloads (a
-  provider's data next to its participant).
+  provider's data next to its participant: a workload's local dataset must be under one of the DSTs).
 - ``tls_ca_cert``, ``tls_client_cert``, ``tls_client_key``: client TLS files for a ``tcp://`` engine.
 The connection's host/login/password, when set, are the image registry the docker provider logs in to.
 
@@ -18,7 +18,8 @@ Containers use host networking (the ports the operators chose with ``free_port``
 and workload, so ``start`` is idempotent and a teardown in any worker finds them. ``stop`` removes the
 container; since its logs go with it, ``stop`` first records the exit code and a log tail in
 ``workload.details`` (``status`` and ``logs`` answer from there afterwards). Secret env reaches the
-container's environment only (visible to whoever controls that engine, like its processes' memory).
+container's environment only (visible to whoever controls that engine, like its processes' memory); secret
+files are copied into its work directory, mode 0400 (not in ``docker inspect``).
 """
 
 from __future__ import annotations
@@ -33,9 +34,8 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from airflow_nevermined_fl import __version__, ddo
-from airflow_nevermined_fl.devstack import process
-from airflow_nevermined_fl.launchers.base import (
+from airflow_nevermined_fl import __version__, ddo, process
+from airflow_nevermined_fl.gateway.launchers.base import (
     Labels,
     Launcher,
     Workload,
@@ -116,15 +116,41 @@ def container_name(labels: Labels) -> str:
     return f"nvfl-{labels.run_key()}-{labels.workload_key()}"
 
 
-def _files_tar(files: dict[str, str]) -> bytes:
+def _owner(user: str) -> tuple[int, int] | None:
+    """(uid, gid) of an image's ``USER`` given as numbers (``uid[:gid]``; root when empty), else None."""
+    uid, _, gid = (user or "0").partition(":")
+    gid = gid or uid
+    return (int(uid), int(gid)) if uid.isdigit() and gid.isdigit() else None
+
+
+def _files_tar(files: dict[str, str], secret_files: dict[str, str], user: str) -> bytes:
+    """The workload's files (0644) and secret files: 0400 owned by the image's user, or 0444 where the
+    image names its user (the engine keeps the archive's owner; the container is the workload's alone)."""
+    owner = _owner(user)
+    entries = [(name, content, 0o644, (0, 0)) for name, content in files.items()]
+    entries += [
+        (name, content, 0o400 if owner else 0o444, owner or (0, 0)) for name, content in secret_files.items()
+    ]
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, content in files.items():
+        for name, content, mode, (uid, gid) in entries:
             data = content.encode()
             info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
+            info.size, info.mode, info.mtime, info.uid, info.gid = len(data), mode, int(time.time()), uid, gid
             tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
+
+
+def check_dataset(spec: WorkloadSpec, target: DockerTarget, where: str) -> None:
+    """Refuse a local dataset no mount of the connection makes visible, before anything is created."""
+    path = spec.local_dataset
+    if path is None:
+        return
+    visible = [m.split(":")[1].rstrip("/") + "/" for m in target.mounts]
+    if not any(path.startswith(dst) for dst in visible):
+        raise DockerConfigError(
+            f"{where}.extra.mounts: no mount holds the dataset {path!r} (or give it as an s3:// URL)"
+        )
 
 
 class DockerLauncher(Launcher):
@@ -185,6 +211,7 @@ class DockerLauncher(Launcher):
     def start(self, spec: WorkloadSpec) -> Workload:
         from docker.errors import ImageNotFound
 
+        check_dataset(spec, self.target, self.conn_id or "docker connection")
         name = container_name(spec.labels)
         existing = self._inspect(name)
         if existing and existing["State"]["Running"]:
@@ -199,7 +226,7 @@ class DockerLauncher(Launcher):
             f"{LABEL}.endpoints": json.dumps({n: f"{host}:{p}" for n, p in spec.ports.items()}),
         }
         image = spec.image or DEFAULT_IMAGE
-        command = ["python", "-u", "-m", spec.module, *(a.replace("{workdir}", WORKDIR) for a in spec.args)]
+        command = ["python", "-u", "-m", spec.module, *spec.argv(WORKDIR)]
         host_config = self.client.create_host_config(
             network_mode="host", binds=list(self.target.mounts), init=True
         )
@@ -217,8 +244,10 @@ class DockerLauncher(Launcher):
             raise DockerConfigError(
                 f"image: {image!r} is not on the Docker engine {self.target.url} (`nvfl images build`)"
             ) from err
-        if spec.files:
-            self.client.put_archive(created["Id"], WORKDIR, _files_tar(spec.files))
+        if spec.files or spec.secret_files:
+            user = self.client.inspect_container(created["Id"])["Config"].get("User") or ""
+            archive = _files_tar(spec.files, spec.secret_files, user)
+            self.client.put_archive(created["Id"], WORKDIR, archive)
         self.client.start(created["Id"])
         return self._workload(self.client.inspect_container(created["Id"]))
 

@@ -14,7 +14,7 @@ from typing import Any
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from airflow_nevermined_fl.devstack import process
+from airflow_nevermined_fl import process
 
 CHAIN_ID = 31337
 HOST = "127.0.0.1"

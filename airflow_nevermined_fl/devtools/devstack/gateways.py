@@ -23,7 +23,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from airflow_nevermined_fl.devstack import chain, process, s3
+from airflow_nevermined_fl import process
+from airflow_nevermined_fl.devtools.devstack import chain, s3
 
 HOST = "127.0.0.1"
 BACKENDS = ("local", "docker", "kubernetes")
@@ -64,7 +65,7 @@ def write_secret(path: Path, text: str) -> None:
 
 def partition_demo(out_dir: Path) -> dict[str, Any]:
     """The demo data: digits split non-IID (seed 0) over the data providers; the partition manifest."""
-    from airflow_nevermined_fl import data
+    from airflow_nevermined_fl.devtools import data
 
     return data.partition(out_dir, len(chain.DATA_PROVIDERS), scheme="non-iid", seed=0)
 
@@ -84,7 +85,7 @@ def _backend(backend: str, data_dir: Path | None, connection: dict[str, Any] | N
     """The gateway's ``backend`` block: ``connection`` as given; docker's default: the local engine, the
     provider's data mounted read-only."""
     if backend == "docker" and connection is None:
-        from airflow_nevermined_fl.launchers.docker import connection_json
+        from airflow_nevermined_fl.gateway.launchers.docker import connection_json
 
         docker_url = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
         mounts = [f"{data_dir}:{data_dir}:ro"] if data_dir else []
@@ -172,7 +173,7 @@ def _port(entry: dict[str, Any] | None) -> int:
 
 def _wait_info(url: str, address: str, pid: int, timeout: float = 60.0) -> None:
     """Until the gateway at ``url`` answers ``GET /api/v1/info``; fail early when it exited."""
-    from airflow_nevermined_fl.gateway.client import GatewayClient, GatewayError
+    from airflow_nevermined_fl.protocol.client import GatewayClient, GatewayError
 
     client = GatewayClient(url, audience=address, timeout=2.0)
     deadline = time.monotonic() + timeout
@@ -275,7 +276,7 @@ def start(
 
 def up(home: Path, previous: dict[str, Any] | None, backend: str | None = None) -> dict[str, Any]:
     """The devstack's four gateways; ``backend`` ``local``/``docker`` (default: as before, else local)."""
-    from airflow_nevermined_fl import devstack
+    from airflow_nevermined_fl.devtools import devstack
 
     stack = devstack.load_state()
     chosen = backend or (previous or {}).get("backend") or "local"

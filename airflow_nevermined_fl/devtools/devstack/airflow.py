@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from airflow_nevermined_fl.devstack import process
+from airflow_nevermined_fl import process
 from airflow_nevermined_fl.paths import PROJECT_DIR, state_dir
 
 COMMANDS: dict[str, list[str]] = {
@@ -42,7 +42,7 @@ def _airflow_bin() -> str:
 
 def storage_connection_json(s3_state: dict[str, Any]) -> str:
     """The ``nvfl_storage`` connection (Airflow's JSON form) for the devstack's S3 (secret)."""
-    from airflow_nevermined_fl.devstack import s3
+    from airflow_nevermined_fl.devtools.devstack import s3
 
     keys, public = s3.env(s3_state), s3.public(s3_state)
     return json.dumps(
@@ -57,7 +57,7 @@ def storage_connection_json(s3_state: dict[str, Any]) -> str:
 
 def connection_env(stack: dict[str, dict[str, Any]]) -> dict[str, str]:
     """``AIRFLOW_CONN_*`` of the consumer's Airflow (secret): its own account and the S3 storage only."""
-    from airflow_nevermined_fl.devstack import chain
+    from airflow_nevermined_fl.devtools.devstack import chain
 
     return {
         f"AIRFLOW_CONN_{chain.CONSUMER_CONN_ID.upper()}": chain.consumer_connection_uri(stack["chain"]),
@@ -67,7 +67,7 @@ def connection_env(stack: dict[str, dict[str, Any]]) -> dict[str, str]:
 
 def providers_env(gateways_state: dict[str, Any]) -> dict[str, str]:
     """``NVFL_SESSION_PROVIDERS``: the gateways' published providers (by DID), the DAGs' default providers."""
-    from airflow_nevermined_fl.devstack import gateways
+    from airflow_nevermined_fl.devtools.devstack import gateways
 
     return {gateways.SESSION_PROVIDERS_ENV: json.dumps(gateways.session_providers(gateways_state))}
 
@@ -82,6 +82,8 @@ def airflow_env(airflow_home: Path, port: int, password_file: Path, dags_folder:
         "AIRFLOW_HOME": str(airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        # Waits run in the triggerer: no worker slot held while a session runs.
+        "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE": "True",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
@@ -178,7 +180,7 @@ def start(
 
 def up(home: Path, previous: dict[str, Any] | None) -> dict[str, Any]:
     """Start Airflow, or reuse ``previous`` when alive with the same connections and providers."""
-    from airflow_nevermined_fl import devstack
+    from airflow_nevermined_fl.devtools import devstack
 
     stack = devstack.load_state()
     extra_env = connection_env(stack) | providers_env(stack["gateways"])

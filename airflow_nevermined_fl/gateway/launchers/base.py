@@ -9,10 +9,16 @@ from __future__ import annotations
 import abc
 import hashlib
 import re
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
-Role = Literal["coordinator", "participant"]
+from airflow_nevermined_fl.runtime.config import SessionConfig
+from airflow_nevermined_fl.runtime.workload import Role, coordinator_args, participant_args
+
+__all__ = ["Labels", "Launcher", "Role", "Workload", "WorkloadSpec", "WorkloadStatus", "run_key"]
+
+WORKDIR, DATASET = "{workdir}", "{dataset}"
+CONFIG_FILE = "session.json"
 
 
 @dataclass(frozen=True)
@@ -43,8 +49,13 @@ class WorkloadSpec:
     ``files`` are written into the workload's directory before start; ``{workdir}`` in ``args`` is
     replaced by that directory. ``ports`` names the ports the workload listens on (chosen with
     ``Launcher.free_port``); the started workload reports them as reachable ``endpoints``.
-    ``secret_env`` reaches the process only; it is never recorded or logged. ``image`` (``name:tag``,
-    from the workflow DDO's container) is what container backends run; the local backend ignores it.
+    ``secret_env`` reaches the process only; it is never recorded or logged. ``secret_files`` are written
+    next to ``files``, readable by the workload only, never recorded, logged or put in a public object.
+    ``dataset`` is the data the workload reads (a participant's): an ``s3://`` URL, or a local path as the
+    backend's workloads see it, which the backend makes visible (Kubernetes: the connection's dataset
+    volume; Docker: one of the connection's mounts); ``{dataset}`` in ``args`` is replaced by it.
+    ``image`` (``name:tag``, from the workflow DDO's container) is what container backends run; the local
+    backend ignores it.
     """
 
     labels: Labels
@@ -55,6 +66,60 @@ class WorkloadSpec:
     env: dict[str, str] = field(default_factory=dict)
     secret_env: dict[str, str] = field(default_factory=dict, repr=False)
     image: str | None = None
+    dataset: str | None = field(default=None, repr=False)
+    secret_files: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def argv(self, workdir: str) -> list[str]:
+        """``args`` with ``{workdir}`` (the directory as the workload sees it) and ``{dataset}`` filled in."""
+        args = [a.replace(WORKDIR, workdir) for a in self.args]
+        if any(DATASET in a for a in args):
+            if self.dataset is None:
+                raise ValueError(f"WorkloadSpec.args: {DATASET} without a dataset")
+            args = [a.replace(DATASET, self.dataset) for a in args]
+        return args
+
+    @property
+    def local_dataset(self) -> str | None:
+        """The dataset when it is a path the workload reads from its own file system (not ``s3://``)."""
+        return self.dataset if self.dataset and "://" not in self.dataset else None
+
+    @classmethod
+    def coordinator(
+        cls, launcher: Launcher, labels: Labels, config: SessionConfig, module: str, **fields: Any
+    ) -> WorkloadSpec:
+        """A coordinator of ``config`` on two ports of ``launcher`` (its ``session.json`` rendered with
+        them); ``fields``: the other fields (image, secret_env)."""
+        ports = {"grpc": launcher.free_port(), "status": launcher.free_port()}
+        host = launcher.bind_host
+        config = replace(
+            config, grpc_host=host, grpc_port=ports["grpc"], status_host=host, status_port=ports["status"]
+        )
+        return cls(
+            labels=labels,
+            module=module,
+            args=coordinator_args(f"{WORKDIR}/{CONFIG_FILE}", f"{WORKDIR}/status-port"),
+            ports=ports,
+            files={CONFIG_FILE: config.to_json()},
+            **fields,
+        )
+
+    @classmethod
+    def participant(
+        cls,
+        labels: Labels,
+        module: str,
+        coordinator: str,
+        dataset: str,
+        storage: str,
+        options: dict[str, Any] | None = None,
+        extra_args: list[str] | None = None,
+        **fields: Any,
+    ) -> WorkloadSpec:
+        """A participant joining ``coordinator`` (gRPC host:port) on ``dataset``, exchanging weights in
+        ``storage`` (``s3://bucket/prefix``); ``options``: :func:`~..runtime.workload.participant_args`'s,
+        ``extra_args`` appended as given; ``fields``: the other fields (image, secret_env)."""
+        args = participant_args(coordinator, DATASET, storage, **(options or {}))
+        return cls(labels=labels, module=module, args=args + (extra_args or []), dataset=dataset, **fields)
 
 
 @dataclass

@@ -13,19 +13,25 @@ import os
 import secrets
 import subprocess
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airflow_nevermined_fl import data as datasets
-from airflow_nevermined_fl.devstack import process
+from airflow_nevermined_fl import process
+from airflow_nevermined_fl.devtools import data as datasets
 from airflow_nevermined_fl.paths import state_dir
+from airflow_nevermined_fl.runtime import status as coordinator_status
+from airflow_nevermined_fl.runtime.config import ModelSpec, SessionConfig, StorageSpec
+from airflow_nevermined_fl.runtime.workload import (
+    COORDINATOR_MODULE,
+    PARTICIPANT_MODULE,
+    SESSION_ENDED,
+    SessionState,
+    coordinator_args,
+    participant_args,
+)
 from airflow_nevermined_fl.runtime_env import runtime_python
 
-ENDED = ("FINISHED", "FAILED")
-COORDINATOR = "airflow_nevermined_fl.runtime.coordinator"
-PARTICIPANT = "airflow_nevermined_fl.runtime.participant"
 # Variables a runtime process inherits from ours; everything else (Airflow's settings, PYTHONPATH) stays out.
 INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ", "NVFL_LOG_LEVEL")
 
@@ -92,25 +98,23 @@ class Coordinator:
     status_url: str
 
     def status(self) -> dict[str, Any]:
-        return get_status(self.status_url)
-
-
-def get_status(status_url: str, timeout: float = 5.0) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{status_url}/status", timeout=timeout) as response:  # noqa: S310 - local URL
-        return json.loads(response.read())
+        return coordinator_status.fetch(self.status_url)
 
 
 def start_coordinator(
-    config: dict[str, Any], workdir: Path, secret_env: dict[str, str], timeout: float = 60.0
+    config: SessionConfig | dict[str, Any], workdir: Path, secret_env: dict[str, str], timeout: float = 60.0
 ) -> Coordinator:
-    """Write ``config.json``, start the coordinator and wait for its ready file (bound ports)."""
+    """Write ``coordinator.json`` (``config``, or a raw dict: the runtime's tests give bad ones), start the
+    coordinator and wait for its ready file (bound ports)."""
     workdir.mkdir(parents=True, exist_ok=True)
     config_file, ready_file = workdir / "coordinator.json", workdir / "coordinator.ready"
-    config_file.write_text(json.dumps(config, indent=2))
+    config_file.write_text(
+        config.to_json() if isinstance(config, SessionConfig) else json.dumps(config, indent=2)
+    )
     ready_file.unlink(missing_ok=True)
     proc = RuntimeProcess.start(
         "coordinator",
-        ["-m", COORDINATOR, "--config", str(config_file), "--status-file", str(ready_file)],
+        ["-m", COORDINATOR_MODULE, *coordinator_args(str(config_file), str(ready_file))],
         workdir / "coordinator.log",
         runtime_env(secret_env),
     )
@@ -137,26 +141,30 @@ def start_participant(
     model: str = "softmax",
     extra_args: tuple[str, ...] = (),
 ) -> RuntimeProcess:
-    args = ["-m", PARTICIPANT, "--coordinator", coordinator, "--data", data, "--storage", storage_url]
-    args += ["--model", model, "--heartbeat", str(heartbeat), *extra_args]
-    return RuntimeProcess.start(name, args, workdir / f"{name}.log", runtime_env(secret_env))
+    args = participant_args(coordinator, data, storage_url, model=model, heartbeat=heartbeat)
+    return RuntimeProcess.start(
+        name, ["-m", PARTICIPANT_MODULE, *args, *extra_args], workdir / f"{name}.log", runtime_env(secret_env)
+    )
 
 
 def wait_ended(coordinator: Coordinator, timeout: float, poll: float = 0.1) -> dict[str, Any]:
     """Poll the status until FINISHED/FAILED; raises TimeoutError, or SessionLocalError if it died first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def gone() -> SessionLocalError | None:
         code = coordinator.process.exit_code()
-        try:
-            status = coordinator.status()
-        except OSError:
-            if code is not None:
-                raise SessionLocalError(f"coordinator exited {code}: {coordinator.process.tail(5)}") from None
-        else:
-            if status["state"] in ENDED:
-                return status
-        time.sleep(poll)
-    raise TimeoutError(f"session not ended within {timeout:.0f}s")
+        if code is None:
+            return None
+        return SessionLocalError(f"coordinator exited {code}: {coordinator.process.tail(5)}")
+
+    return coordinator_status.wait(
+        coordinator.status_url,
+        lambda s: s["state"] in SESSION_ENDED,
+        gone,
+        timeout,
+        "session not ended",
+        poll,
+        5.0,
+    )
 
 
 def _s3_settings(endpoint: str | None, bucket: str | None) -> tuple[str, str, dict[str, str]]:
@@ -168,8 +176,8 @@ def _s3_settings(endpoint: str | None, bucket: str | None) -> tuple[str, str, di
                 "--s3-endpoint and --bucket go together, with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY set"
             )
         return endpoint, bucket, {**keys, "AWS_ENDPOINT_URL": endpoint}
-    from airflow_nevermined_fl import devstack
-    from airflow_nevermined_fl.devstack import s3
+    from airflow_nevermined_fl.devtools import devstack
+    from airflow_nevermined_fl.devtools.devstack import s3
 
     state = devstack.load_state().get("s3")
     if not state or not s3.alive(state):
@@ -224,21 +232,20 @@ class LocalSession:
             )
         except datasets.DataError as exc:
             raise SessionLocalError(str(exc)) from None
-        prefix = f"sessions/{session_id}"
+        storage = StorageSpec(bucket, f"sessions/{session_id}", endpoint)
         builtin = self.model == "softmax"
-        config = {
-            "session_id": session_id,
-            "rounds": self.rounds,
-            "epochs": self.epochs,
-            "min_participants": self.min_participants or self.participants,
-            "fraction": self.fraction,
-            "heartbeat_period": self.heartbeat,
-            "heartbeat_timeout": max(3.0, 2 * self.heartbeat),
-            "stall_timeout": self.stall_timeout,
-            "linger": 2 * self.heartbeat + 1,
-            "storage": {"endpoint": endpoint, "bucket": bucket, "prefix": prefix},
-            "model": datasets.softmax_model(manifest) if builtin else {"name": "custom"},
-        }
+        config = SessionConfig(
+            session_id=session_id,
+            rounds=self.rounds,
+            epochs=self.epochs,
+            min_participants=self.min_participants or self.participants,
+            fraction=self.fraction,
+            heartbeat_period=self.heartbeat,
+            stall_timeout=self.stall_timeout,
+            linger=2 * self.heartbeat + 1,  # the processes are waited for below
+            storage=storage,
+            model=ModelSpec.of(datasets.softmax_model(manifest)) if builtin else ModelSpec(),
+        )
         started = time.monotonic()
         procs: list[RuntimeProcess] = []
         try:
@@ -250,7 +257,7 @@ class LocalSession:
                         f"participant-{index}",
                         coordinator.grpc,
                         shard["path"],
-                        f"s3://{bucket}/{prefix}",
+                        storage.url(""),
                         workdir,
                         env,
                         self.heartbeat,
@@ -267,7 +274,7 @@ class LocalSession:
                 proc.stop()
         evaluation = (
             _evaluate(status["model"], Path(manifest["test"]["path"]), env)
-            if builtin and status["state"] == "FINISHED"
+            if builtin and status["state"] == SessionState.FINISHED
             else {}
         )
         return {

@@ -13,8 +13,8 @@ from typing import Any
 
 import httpx
 
-from airflow_nevermined_fl.gateway import API
-from airflow_nevermined_fl.gateway.auth import signed_headers
+from airflow_nevermined_fl.protocol import API
+from airflow_nevermined_fl.protocol.auth import signed_headers
 
 TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 

@@ -1,0 +1,235 @@
+"""The keeper's compute agreements: terms and ids, creation, condition states, the provider's check."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from web3 import Web3
+
+from airflow_nevermined_fl.contracts.did_registry import DidRegistryMixin
+from airflow_nevermined_fl.contracts.errors import InvalidInputError, StateError, UnknownAgreementError
+from airflow_nevermined_fl.contracts.records import ComputeAgreement
+from airflow_nevermined_fl.contracts.values import (
+    address_of,
+    bytes32,
+    did_bytes,
+    did_str,
+    hex_str,
+    keccak_abi,
+    non_negative_blocks,
+    positive_amounts,
+    seed_id,
+)
+
+CONDITION_STATES = ("uninitialized", "unfulfilled", "fulfilled", "aborted")
+
+
+class AgreementsMixin(DidRegistryMixin):
+    """EscrowComputeExecutionTemplate agreements (compute, lock, escrow conditions) and token balances."""
+
+    @staticmethod
+    def agreement_seed(session_id: str, provider: str) -> str:
+        """Agreement seed for one session and provider (same inputs, same seed: Airflow retries are safe)."""
+        provider = address_of(provider, "provider")
+        return hex_str(Web3.keccak(text=f"nvfl/agreement/{session_id}/{provider.lower()}"))
+
+    def create_compute_agreement(
+        self,
+        seed: str | bytes,
+        did: str | bytes,
+        provider: str,
+        amount: int | Sequence[int],
+        receivers: Sequence[str] | None = None,
+        time_lock: int = 0,
+        time_out: int = 0,
+    ) -> ComputeAgreement:
+        """Create the compute agreement from this (consumer) account.
+
+        ``amount`` (or one per receiver) is paid to ``receivers`` (default: the provider) out of escrow.
+        ``time_out`` (blocks, 0 = never) bounds the compute condition: after it the consumer can
+        :meth:`refund`. ``time_lock`` (blocks) delays the escrow release.
+        """
+        seed_b = bytes32(seed, "seed")
+        did_b = did_bytes(did)
+        provider = address_of(provider, "provider")
+        amounts = positive_amounts(amount)
+        receiver_list = [provider] if receivers is None else [address_of(r, "receivers[]") for r in receivers]
+        if len(receiver_list) != len(amounts):
+            raise InvalidInputError(
+                f"amounts/receivers: {len(amounts)} amounts but {len(receiver_list)} receivers;"
+                " expected equal lengths"
+            )
+        time_lock = non_negative_blocks(time_lock, "time_lock")
+        time_out = non_negative_blocks(time_out, "time_out")
+        record = self.get_did(did_b)
+        if provider != record.owner and provider not in record.providers:
+            raise InvalidInputError(f"provider: {provider} is neither owner nor a provider of {record.did}")
+        agreement = self._agreement(
+            seed_b, did_b, self.address, provider, amounts, receiver_list, time_lock, time_out
+        )
+        asm = self._c("AgreementStoreManager")
+        if int(asm.functions.getAgreementTemplate(bytes32(agreement.agreement_id, "id")).call(), 16) != 0:
+            if self._condition_state(agreement.lock_condition_id) == "uninitialized":
+                raise InvalidInputError(
+                    f"seed: agreement {agreement.agreement_id} exists with different terms"
+                )
+            return agreement
+        self._require_balance(agreement.consumer, agreement.total)
+        tx_hash = self._tx(
+            "EscrowComputeExecutionTemplate",
+            "createAgreement",
+            seed_b,
+            did_b,
+            [self._condition_hashes(agreement)[n] for n in ("compute", "lock", "escrow")],
+            [0, 0, time_lock],
+            [time_out, 0, 0],
+            agreement.consumer,
+        )
+        return ComputeAgreement(**{**agreement.to_dict(), "tx_hash": tx_hash})
+
+    def _agreement(
+        self,
+        seed: bytes,
+        did: bytes,
+        consumer: str,
+        provider: str,
+        amounts: list[int],
+        receivers: list[str],
+        time_lock: int,
+        time_out: int,
+    ) -> ComputeAgreement:
+        """Ids exactly as the template derives them (agreement id from seed + creator, full condition ids)."""
+        draft = ComputeAgreement(
+            agreement_id=hex_str(seed_id(seed, consumer)),
+            seed=hex_str(seed),
+            did=did_str(did),
+            consumer=consumer,
+            provider=provider,
+            amounts=amounts,
+            receivers=receivers,
+            token=self._addr("NeverminedToken"),
+            escrow=self._addr("EscrowPaymentCondition"),
+            compute_condition_id="",
+            lock_condition_id="",
+            escrow_condition_id="",
+            time_lock=time_lock,
+            time_out=time_out,
+        )
+        ids = self._condition_ids(draft)
+        return ComputeAgreement(
+            **{
+                **draft.to_dict(),
+                "compute_condition_id": ids["compute"],
+                "lock_condition_id": ids["lock"],
+                "escrow_condition_id": ids["escrow"],
+            }
+        )
+
+    def _condition_hashes(self, a: ComputeAgreement) -> dict[str, bytes]:
+        did = did_bytes(a.did)
+        agreement_id = bytes32(a.agreement_id, "agreement_id")
+        compute_hash = keccak_abi(["bytes32", "address"], [did, a.consumer])
+        lock_hash = keccak_abi(
+            ["bytes32", "address", "address", "uint256[]", "address[]"],
+            [did, a.escrow, a.token, a.amounts, a.receivers],
+        )
+        compute_id = self._full_id(agreement_id, "ComputeExecutionCondition", compute_hash)
+        lock_id = self._full_id(agreement_id, "LockPaymentCondition", lock_hash)
+        escrow_hash = keccak_abi(
+            ["bytes32", "uint256[]", "address[]", "address", "address", "address", "bytes32", "bytes32[]"],
+            [did, a.amounts, a.receivers, a.consumer, a.escrow, a.token, lock_id, [compute_id]],
+        )
+        return {"compute": compute_hash, "lock": lock_hash, "escrow": escrow_hash}
+
+    def _full_id(self, agreement_id: bytes, condition: str, value_hash: bytes) -> bytes:
+        return keccak_abi(
+            ["bytes32", "address", "bytes32"], [agreement_id, self._addr(condition), value_hash]
+        )
+
+    def _condition_ids(self, a: ComputeAgreement) -> dict[str, str]:
+        hashes = self._condition_hashes(a)
+        agreement_id = bytes32(a.agreement_id, "agreement_id")
+        contract = {
+            "compute": "ComputeExecutionCondition",
+            "lock": "LockPaymentCondition",
+            "escrow": "EscrowPaymentCondition",
+        }
+        return {k: hex_str(self._full_id(agreement_id, contract[k], h)) for k, h in hashes.items()}
+
+    def _checked(self, agreement: ComputeAgreement | dict[str, Any]) -> ComputeAgreement:
+        """Accept an agreement (or its dict from XCom), verify its ids and that it exists on this chain."""
+        a = agreement if isinstance(agreement, ComputeAgreement) else ComputeAgreement.from_dict(agreement)
+        expected = self._agreement(
+            bytes32(a.seed, "agreement.seed"),
+            did_bytes(a.did, "agreement.did"),
+            address_of(a.consumer, "agreement.consumer"),
+            address_of(a.provider, "agreement.provider"),
+            positive_amounts(a.amounts),
+            [address_of(r, "agreement.receivers[]") for r in a.receivers],
+            a.time_lock,
+            a.time_out,
+        )
+        if expected.to_dict() | {"tx_hash": None} != a.to_dict() | {"tx_hash": None}:
+            raise InvalidInputError("agreement: ids do not match its terms or this deployment")
+        if self._condition_state(a.lock_condition_id) == "uninitialized":
+            raise UnknownAgreementError(f"agreement: {a.agreement_id} does not exist on this chain")
+        return a
+
+    def _condition_state(self, condition_id: str) -> str:
+        state = (
+            self._c("ConditionStoreManager").functions.getConditionState(bytes32(condition_id, "id")).call()
+        )
+        return CONDITION_STATES[state]
+
+    def _timed_out(self, condition_id: str) -> bool:
+        return bool(
+            self._c("ConditionStoreManager").functions.isConditionTimedOut(bytes32(condition_id, "id")).call()
+        )
+
+    def condition_states(self, agreement: ComputeAgreement | dict[str, Any]) -> dict[str, str]:
+        """``{"compute"|"lock"|"escrow": "unfulfilled"|"fulfilled"|"aborted"}``."""
+        a = self._checked(agreement)
+        return {
+            "compute": self._condition_state(a.compute_condition_id),
+            "lock": self._condition_state(a.lock_condition_id),
+            "escrow": self._condition_state(a.escrow_condition_id),
+        }
+
+    def verify_compute_agreement(
+        self, agreement: ComputeAgreement | dict[str, Any], *, consumer: str, did: str, amount: int
+    ) -> ComputeAgreement:
+        """A provider's check before it computes: the agreement exists under the compute template with
+        these terms (``consumer``; ``did``; ``amount`` paid to this account alone), its payment is locked
+        and its compute condition is open (not fulfilled, aborted or timed out)."""
+        a = self._checked(agreement)
+        template = self._c("AgreementStoreManager").functions.getAgreementTemplate(
+            bytes32(a.agreement_id, "agreement_id")
+        )
+        if template.call() != self._addr("EscrowComputeExecutionTemplate"):
+            raise InvalidInputError(f"agreement: {a.agreement_id} does not use the compute template")
+        if a.consumer != address_of(consumer, "consumer"):
+            raise InvalidInputError(f"agreement.consumer: {a.consumer} is not the caller {consumer}")
+        if did_bytes(a.did) != did_bytes(did):
+            raise InvalidInputError(f"agreement.did: {a.did} is not this provider's asset {did}")
+        if (a.provider, a.receivers, a.amounts) != (self.address, [self.address], [amount]):
+            raise InvalidInputError(
+                f"agreement: pays {a.amounts} to {a.receivers}; expected [{amount}] to [{self.address}]"
+            )
+        states = self.condition_states(a)
+        if states["lock"] != "fulfilled":
+            raise StateError(f"payment for {a.agreement_id} is not locked (lock condition {states['lock']})")
+        if states["compute"] != "unfulfilled" or self._timed_out(a.compute_condition_id):
+            state = "timed out" if states["compute"] == "unfulfilled" else states["compute"]
+            raise StateError(f"compute of {a.agreement_id} is {state}: nothing to execute")
+        return a
+
+    def token_balance(self, address: str) -> int:
+        return int(self._c("NeverminedToken").functions.balanceOf(address_of(address, "address")).call())
+
+    def _require_balance(self, owner: str, needed: int) -> None:
+        balance = self.token_balance(owner)
+        if balance < needed:
+            raise InvalidInputError(
+                f"amounts: insufficient token balance: {owner} has {balance}, needs {needed}"
+            )

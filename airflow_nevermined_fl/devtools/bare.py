@@ -1,0 +1,163 @@
+"""One bare FL session (no Airflow, no chain) run through launchers: the backends' tests and bench.
+
+The coordinator and the participants may use different launchers (a mixed session). Everything the
+session started is stopped at the end, whatever happened.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from airflow_nevermined_fl.gateway.launchers.base import Labels, Launcher, Workload, WorkloadSpec
+from airflow_nevermined_fl.runtime import status
+from airflow_nevermined_fl.runtime.config import ModelSpec, SessionConfig, StorageSpec
+from airflow_nevermined_fl.runtime.workload import (
+    COORDINATOR_MODULE,
+    PARTICIPANT_MODULE,
+    SESSION_ENDED,
+    Role,
+)
+
+LINGER = 60
+"""Seconds the ended coordinator keeps its final status (``wait_ended`` reads it, ``stop_all`` ends it)."""
+
+
+@dataclass
+class BareSession:
+    """``shards``: participant data paths (as the participants' backend sees them); ``storage``: endpoint,
+    bucket, prefix; ``secret_env``: S3 keys (reach the workloads only)."""
+
+    coordinator_launcher: Launcher
+    participant_launcher: Launcher
+    storage: dict[str, str]
+    secret_env: dict[str, str] = field(repr=False)
+    shards: list[str]
+    run_id: str
+    model: dict[str, Any]
+    rounds: int = 2
+    heartbeat: float = 0.5
+    dag_id: str = "nvfl_bare_session"
+    image: str | None = None
+    participant_args: dict[str, list[str]] = field(default_factory=dict)
+
+    @classmethod
+    def on_devstack_s3(cls, s3_state: dict[str, Any], prefix: str, **fields: Any) -> BareSession:
+        """A session storing under ``prefix`` of a devstack SeaweedFS (its ``devstack.s3`` state), whose keys
+        are the workloads' secret env; ``fields``: the other dataclass fields."""
+        from airflow_nevermined_fl.devtools.devstack import s3
+
+        storage = {"endpoint": s3_state["endpoint"], "bucket": s3_state["bucket"], "prefix": prefix}
+        return cls(storage=storage, secret_env=s3.env(s3_state), **fields)
+
+    def labels(self, role: Role, name: str) -> Labels:
+        return Labels(self.dag_id, self.run_id, f"start_{role}", role, name)
+
+    def config(self) -> SessionConfig:
+        """The coordinator's session (its ports are the launcher's: :meth:`WorkloadSpec.coordinator`)."""
+        storage = self.storage
+        return SessionConfig(
+            session_id=self.run_id,
+            rounds=self.rounds,
+            epochs=2,
+            min_participants=len(self.shards),
+            heartbeat_period=self.heartbeat,
+            stall_timeout=60,
+            storage=StorageSpec(storage["bucket"], storage.get("prefix", ""), storage.get("endpoint")),
+            model=ModelSpec.of(self.model),
+            linger=LINGER,
+        )
+
+    def start_coordinator(self) -> Workload:
+        labels = self.labels("coordinator", "coordinator")
+        launcher = self.coordinator_launcher
+        return launcher.start(
+            WorkloadSpec.coordinator(
+                launcher,
+                labels,
+                self.config(),
+                COORDINATOR_MODULE,
+                secret_env=self.secret_env,
+                image=self.image,
+            )
+        )
+
+    def wait_healthy(self, coordinator: Workload, timeout: float = 60.0) -> float:
+        """Seconds until the coordinator's status endpoint answers; raises if it exits or times out."""
+        start = time.monotonic()
+        self._wait(coordinator, lambda _: True, timeout, "coordinator not healthy", 0.05)
+        return time.monotonic() - start
+
+    def _wait(
+        self,
+        coordinator: Workload,
+        until: Callable[[dict[str, Any]], bool],
+        timeout: float,
+        what: str,
+        poll: float,
+    ) -> dict[str, Any]:
+        launcher = self.coordinator_launcher
+
+        def gone() -> RuntimeError | None:
+            process = launcher.status(coordinator)
+            if process.running:
+                return None
+            return RuntimeError(f"coordinator exited {process.exit_code}: {launcher.logs(coordinator, 5)}")
+
+        return status.wait(f"http://{coordinator.endpoints['status']}", until, gone, timeout, what, poll)
+
+    def start_participants(self, coordinator: Workload) -> list[Workload]:
+        storage = f"s3://{self.storage['bucket']}/{self.storage['prefix']}"
+        started = []
+        for index, shard in enumerate(self.shards):
+            name = f"p{index}"
+            spec = WorkloadSpec.participant(
+                self.labels("participant", name),
+                PARTICIPANT_MODULE,
+                coordinator.endpoints["grpc"],
+                shard,
+                storage,
+                options={"heartbeat": self.heartbeat, "seed": index},
+                extra_args=self.participant_args.get(name, []),
+                secret_env=self.secret_env,
+                image=self.image,
+            )
+            started.append(self.participant_launcher.start(spec))
+        return started
+
+    def wait_ended(self, coordinator: Workload, timeout: float = 180.0) -> dict[str, Any]:
+        """The coordinator's final status; raises if it exits first or ``timeout`` passes."""
+        return self._wait(
+            coordinator, lambda s: s["state"] in SESSION_ENDED, timeout, "session not ended", 0.1
+        )
+
+    def stop_all(self) -> list[Workload]:
+        """Stop everything this session started on either launcher; returns what was found."""
+        stopped = self.coordinator_launcher.stop_run(self.dag_id, self.run_id)
+        if self.participant_launcher is not self.coordinator_launcher:
+            stopped += self.participant_launcher.stop_run(self.dag_id, self.run_id)
+        return stopped
+
+    def run(self, timeout: float = 180.0) -> dict[str, Any]:
+        """Start, wait for the end, stop everything; a report with the timings."""
+        started = time.monotonic()
+        try:
+            coordinator = self.start_coordinator()
+            launched = time.monotonic() - started
+            healthy = self.wait_healthy(coordinator) + launched
+            self.start_participants(coordinator)
+            final = self.wait_ended(coordinator, timeout)
+            wall = time.monotonic() - started
+        finally:
+            stopped = self.stop_all()
+        return {
+            "state": final["state"],
+            "rounds_completed": final.get("rounds_completed"),
+            "rounds_metrics": final["rounds_metrics"],
+            "coordinator_start_s": launched,
+            "coordinator_healthy_s": healthy,
+            "wall_time_s": wall,
+            "stopped": sorted(w.labels.name for w in stopped),
+        }

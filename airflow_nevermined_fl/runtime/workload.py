@@ -1,0 +1,91 @@
+"""What the FL runtime and whoever launches it agree on: the workload roles and their modules and command
+lines, the coordinator's session states, a gateway execution's states, and the runtime's exit codes.
+
+Standard library only, like :mod:`.config`: the runtime uses it in the FL venv; the launchers, the gateway
+and the bare sessions in Airflow's.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum, StrEnum
+from typing import Literal, get_args
+
+Role = Literal["coordinator", "participant"]
+ROLES: tuple[Role, ...] = get_args(Role)
+
+COORDINATOR_MODULE = "airflow_nevermined_fl.runtime.coordinator"
+PARTICIPANT_MODULE = "airflow_nevermined_fl.runtime.participant"
+
+
+class _State(StrEnum):
+    """A state name: compares, serializes and logs (``repr``) as its plain string."""
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+class SessionState(_State):
+    """The ``state`` of the coordinator's status endpoint."""
+
+    STANDBY = "STANDBY"
+    ROUND = "ROUND"
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"
+
+
+SESSION_ENDED = (SessionState.FINISHED, SessionState.FAILED)
+
+
+class ExecutionState(_State):
+    """The ``state`` of a gateway's execution of one workload (what the consumer sees)."""
+
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+class ExitCode(IntEnum):
+    """Exit codes of the coordinator and the participant."""
+
+    FINISHED = 0
+    FAILED = 1  # session failed (coordinator: stall or storage; participant: dropped by the coordinator)
+    BAD_INPUT = 2  # config, data or storage refused before anything was written
+    UNREACHABLE = 3  # participant: no answer from the coordinator for --connect-timeout seconds
+    TERMINATED = 143  # coordinator: SIGTERM/SIGINT before the session ended
+
+
+def ended_state(exit_code: int | None) -> ExecutionState:
+    """The execution state of a workload that exited with ``exit_code``."""
+    return ExecutionState.FINISHED if exit_code == ExitCode.FINISHED else ExecutionState.FAILED
+
+
+def coordinator_args(config: str, status_file: str | None = None) -> list[str]:
+    """The coordinator's arguments: its session config file and where it writes its bound ports."""
+    return ["--config", config, *(["--status-file", status_file] if status_file else [])]
+
+
+def participant_args(
+    coordinator: str,
+    data: str,
+    storage: str,
+    *,
+    s3_endpoint: str | None = None,
+    model: str | None = None,
+    heartbeat: float | None = None,
+    num_classes: int | None = None,
+    seed: int | None = None,
+) -> list[str]:
+    """The participant's arguments (``None``: the participant's default); see ``participant --help``."""
+    args = ["--coordinator", coordinator, "--data", data, "--storage", storage]
+    options = {
+        "--s3-endpoint": s3_endpoint,
+        "--model": model,
+        "--heartbeat": heartbeat,
+        "--num-classes": num_classes,
+        "--seed": seed,
+    }
+    for flag, value in options.items():
+        if value is not None:
+            args += [flag, str(value)]
+    return args
