@@ -11,6 +11,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from airflow_nevermined_fl import ddo
 from airflow_nevermined_fl.operators.base import SessionOperator, as_list, by_name, gateway, metadata_store
 from airflow_nevermined_fl.operators.workflow import latest_model_key
+from airflow_nevermined_fl.runtime.workload import UNSUCCESSFUL
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -119,7 +120,7 @@ class PublishModelOperator(SessionOperator):
                         "release": settlement.get("release_tx"),
                     }
                     del pending[name]
-                elif status["state"] in ("failed", "stopped"):
+                elif status["state"] in UNSUCCESSFUL:
                     raise AirflowFailException(f"{name}: its execution {status['state']}; it is not paid")
             if pending and time.monotonic() > deadline:
                 raise AirflowFailException(

@@ -45,6 +45,9 @@ class ExecutionState(_State):
     STOPPED = "stopped"
 
 
+UNSUCCESSFUL = (ExecutionState.FAILED, ExecutionState.STOPPED)  # ended without success: never paid
+
+
 class ExitCode(IntEnum):
     """Exit codes of the coordinator and the participant."""
 

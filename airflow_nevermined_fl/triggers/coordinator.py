@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_nevermined_fl.protocol.client import GatewayClient, GatewayError
+from airflow_nevermined_fl.runtime.workload import UNSUCCESSFUL, SessionState
 
 if TYPE_CHECKING:
     from logging import Logger
@@ -52,9 +53,9 @@ def format_round(metrics: dict[str, Any]) -> str:
 def ended(status: dict[str, Any]) -> str | None:
     """Why the coordinator's execution is over without success, or None while it runs (or finished)."""
     coordinator = status.get("coordinator") or {}
-    if coordinator.get("state") == "FAILED":
+    if coordinator.get("state") == SessionState.FAILED:
         return f"coordinator failed: {coordinator.get('reason')}"
-    if status.get("state") in ("failed", "stopped"):
+    if status.get("state") in UNSUCCESSFUL:
         code = status.get("exit_code")
         return (
             f"coordinator process exited with code {code}"
@@ -151,7 +152,7 @@ class RoundsWatch:
             mark = [current.get("state"), current.get("round"), len(self.logged)]
             if mark != self.progress_mark:
                 self.progress_mark, self.last_progress = mark, now
-            if current.get("state") == "FINISHED":
+            if current.get("state") == SessionState.FINISHED:
                 return {"status": "success", "coordinator": current}
         if now - self.last_progress > self.stall_timeout:
             return self._error(f"session stalled: no progress for {self.stall_timeout}s")
