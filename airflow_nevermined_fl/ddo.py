@@ -37,6 +37,15 @@ def ddo_checksum(ddo: dict[str, Any]) -> str:
     return checksum(main_block(ddo))
 
 
+def is_registered(doc: Any, did: str, registered_checksum: str) -> bool:
+    """Whether ``doc`` is the DDO registered on chain as ``did`` with ``registered_checksum`` (False for a
+    malformed document)."""
+    try:
+        return doc["id"] == did and ddo_checksum(doc).lower() == registered_checksum.lower()
+    except (KeyError, IndexError, TypeError):
+        return False
+
+
 def verify(ddo: dict[str, Any]) -> None:
     """Raise ``ValueError`` when the DDO's recorded checksum does not match its ``main`` block."""
     if ddo["proof"]["checksum"] != ddo_checksum(ddo):

@@ -15,7 +15,7 @@ import httpx
 from airflow_nevermined_fl import ddo
 
 if TYPE_CHECKING:
-    from airflow_nevermined_fl.contracts.keeper import Keeper
+    from airflow_nevermined_fl.contracts.keeper import DidRecord, Keeper
     from airflow_nevermined_fl.hooks.storage import StorageHook
 
 ROLES = {"fl-coordinator": "coordinator", "fl-participant": "participant"}
@@ -55,26 +55,29 @@ def fetch_ddo(url: str, storage: StorageHook | None = None, ca_file: str | None 
         raise ResolveError(f"DDO at {url} unreachable: {type(exc).__name__}") from None
     if response.status_code != 200:
         raise ResolveError(f"DDO at {url}: HTTP {response.status_code}")
-    return response.json()
+    try:
+        return response.json()
+    except ValueError:
+        raise ResolveError(f"DDO at {url}: not JSON") from None
 
 
-def verified_ddo(
+def registered_ddo(
     keeper: Keeper, did: str, storage: StorageHook | None = None, ca_file: str | None = None
-) -> dict[str, Any]:
-    """The DDO of ``did`` whose ``main`` block matches the checksum registered on chain."""
+) -> tuple[DidRecord, dict[str, Any]]:
+    """The on-chain record of ``did`` and its DDO, whose ``main`` block matches the registered checksum."""
     record = keeper.get_did(did)
     doc = fetch_ddo(record.url, storage, ca_file)
-    if doc.get("id") != record.did or ddo.ddo_checksum(doc).lower() != record.checksum.lower():
+    if not ddo.is_registered(doc, record.did, record.checksum):
         raise ResolveError(f"{did}: the DDO at {record.url} does not match the checksum registered on chain")
-    return doc
+    return record, doc
 
 
 def resolve_provider(
     keeper: Keeper, did: str, storage: StorageHook | None = None, ca_file: str | None = None
 ) -> ProviderRef:
     """The compute service behind ``did``; :class:`ResolveError` when it is not one."""
-    record = keeper.get_did(did)
-    main = ddo.main_block(verified_ddo(keeper, did, storage, ca_file))
+    record, doc = registered_ddo(keeper, did, storage, ca_file)
+    main = ddo.main_block(doc)
     service = main.get("service") or {}
     if main.get("type") != "compute" or service.get("type") not in ROLES:
         raise ResolveError(f"{did} is not a compute asset of an FL provider (type {main.get('type')!r})")

@@ -136,11 +136,7 @@ def verified_ddo(provider: Provider, did: str, owner: str | None, what: str) -> 
         doc = json.loads(provider.read(record.url))
     except (FetchError, ValueError) as exc:
         raise Refusal(502, f"{what} {did}: DDO unavailable at its registered URL: {exc}") from None
-    try:
-        matches = doc["id"] == record.did and ddo.ddo_checksum(doc).lower() == record.checksum.lower()
-    except (KeyError, IndexError, TypeError):
-        matches = False
-    if not matches:
+    if not ddo.is_registered(doc, record.did, record.checksum):
         raise Refusal(
             409, f"{what} DDO checksum mismatch: the DDO of {did} is not the one registered on chain"
         )

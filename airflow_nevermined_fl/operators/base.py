@@ -33,12 +33,13 @@ def metadata_store(conn_id: str) -> MetadataStore:
 
 
 def gateway(consumer: NeverminedHook, provider: dict[str, Any]) -> GatewayClient:
-    """A client of ``provider``'s gateway (a resolved provider or payment dict) signing as the consumer."""
+    """A client of the gateway at ``provider["endpoint"]`` (run by the address ``provider["provider"]``:
+    a payment's or an execution's fields) signing as the consumer."""
     from airflow_nevermined_fl.protocol.client import GatewayClient
 
     return GatewayClient(
         provider["endpoint"],
-        audience=provider["provider"] if "provider" in provider else provider["address"],
+        audience=provider["provider"],
         address=consumer.account().address,
         sign=consumer.sign_message,
         ca_file=consumer.gateway_ca_file,
