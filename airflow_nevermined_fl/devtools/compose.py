@@ -122,7 +122,8 @@ def _upload_demo_data(config_file: Path) -> None:
     """A data provider's demo data (its shard of the partition) at its ``s3://`` dataset, when missing."""
     from airflow_nevermined_fl.devtools.devstack.gateways import PROVIDERS, partition_demo
     from airflow_nevermined_fl.gateway.config import load
-    from airflow_nevermined_fl.gateway.resources import Provider, split_s3_url
+    from airflow_nevermined_fl.gateway.resources import Provider
+    from airflow_nevermined_fl.objectstore import split_url
 
     config = load(config_file)
     provider = Provider(config)
@@ -132,7 +133,7 @@ def _upload_demo_data(config_file: Path) -> None:
             continue
         with tempfile.TemporaryDirectory() as tmp:
             manifest = partition_demo(Path(tmp))
-            provider.s3.upload_file(manifest["providers"][shard]["path"], *split_s3_url(service.dataset))
+            provider.s3.upload_file(manifest["providers"][shard]["path"], *split_url(service.dataset))
 
 
 def serve_gateway() -> None:

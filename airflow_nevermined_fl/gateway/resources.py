@@ -6,13 +6,13 @@ and its storage a plain boto3 client with the credentials of its own config.
 
 from __future__ import annotations
 
-import re
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from airflow_nevermined_fl import objectstore
 from airflow_nevermined_fl.contracts.deployment import load_deployment
 from airflow_nevermined_fl.contracts.keeper import HOOK_CONTRACTS, Keeper, KeeperSettings
 from airflow_nevermined_fl.gateway.config import GatewayConfig, Service
@@ -23,14 +23,6 @@ MAX_DOCUMENT = 1_000_000
 
 class FetchError(RuntimeError):
     """A URL could not be read; the message names the URL, never a credential."""
-
-
-def split_s3_url(url: str) -> tuple[str, str]:
-    """``s3://bucket/key`` -> ``(bucket, key)``; :class:`FetchError` otherwise."""
-    match = re.fullmatch(r"s3://([^/]+)/(.+)", url)
-    if not match:
-        raise FetchError(f"expected an s3://bucket/key URL, got {url!r}")
-    return match.group(1), match.group(2)
 
 
 class Provider:
@@ -56,17 +48,9 @@ class Provider:
 
     @cached_property
     def s3(self) -> Any:
-        import boto3
-        from botocore.config import Config
-
         storage, creds = self.config.storage, self.config.storage.credentials()
-        return boto3.client(
-            "s3",
-            endpoint_url=storage.endpoint_url,
-            region_name=storage.region_name,
-            aws_access_key_id=creds["access_key"],
-            aws_secret_access_key=creds["secret_key"],
-            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3}),
+        return objectstore.client(
+            storage.endpoint_url, storage.region_name, creds["access_key"], creds["secret_key"]
         )
 
     def read(self, url: str, limit: int = MAX_DOCUMENT) -> bytes:
@@ -75,7 +59,10 @@ class Provider:
         if url.startswith("s3://"):
             from botocore.exceptions import BotoCoreError, ClientError
 
-            bucket, key = split_s3_url(url)
+            try:
+                bucket, key = objectstore.split_url(url)
+            except ValueError as exc:
+                raise FetchError(str(exc)) from None
             try:
                 obj = self.s3.get_object(Bucket=bucket, Key=key)
                 if obj["ContentLength"] > limit:
@@ -117,7 +104,7 @@ class Provider:
         if not service.dataset.startswith("s3://"):
             return Path(service.dataset).is_file()
         try:
-            bucket, key = split_s3_url(service.dataset)
+            bucket, key = objectstore.split_url(service.dataset)
             self.s3.head_object(Bucket=bucket, Key=key)
         except Exception:  # noqa: BLE001 - any failure means "not present" for the readiness report
             return False

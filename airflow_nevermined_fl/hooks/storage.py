@@ -13,15 +13,9 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 
+from airflow_nevermined_fl import objectstore
+
 CONN_TYPE = "nvfl_storage"
-
-
-def split_url(url: str) -> tuple[str, str]:
-    """``s3://bucket/key`` -> (bucket, key); ``ValueError`` naming the URL otherwise."""
-    if not url.startswith("s3://") or "/" not in url[5:] or url.endswith("/"):
-        raise ValueError(f"expected an s3://bucket/key URL, got {url!r}")
-    bucket, key = url[5:].split("/", 1)
-    return bucket, key
 
 
 class StorageHook(BaseHook):
@@ -77,18 +71,8 @@ class StorageHook(BaseHook):
 
     @cached_property
     def client(self) -> Any:
-        import boto3
-        from botocore.config import Config
-
         s = self._settings
-        return boto3.client(
-            "s3",
-            endpoint_url=s["endpoint_url"],
-            region_name=s["region_name"],
-            aws_access_key_id=s["access_key"],
-            aws_secret_access_key=s["secret_key"],
-            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3}),
-        )
+        return objectstore.client(s["endpoint_url"], s["region_name"], s["access_key"], s["secret_key"])
 
     def url(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
@@ -98,7 +82,7 @@ class StorageHook(BaseHook):
         return self.url(key)
 
     def get_bytes(self, url: str) -> bytes:
-        bucket, key = split_url(url)
+        bucket, key = objectstore.split_url(url)
         return self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
 
     def put_json(self, key: str, data: Any) -> str:
@@ -110,7 +94,7 @@ class StorageHook(BaseHook):
     def exists(self, url: str) -> bool:
         from botocore.exceptions import ClientError
 
-        bucket, key = split_url(url)
+        bucket, key = objectstore.split_url(url)
         try:
             self.client.head_object(Bucket=bucket, Key=key)
         except ClientError as err:
@@ -123,6 +107,6 @@ class StorageHook(BaseHook):
         return hashlib.sha256(self.get_bytes(url)).hexdigest()
 
     def copy(self, src_url: str, key: str) -> str:
-        bucket, src_key = split_url(src_url)
+        bucket, src_key = objectstore.split_url(src_url)
         self.client.copy_object(Bucket=self.bucket, Key=key, CopySource={"Bucket": bucket, "Key": src_key})
         return self.url(key)
