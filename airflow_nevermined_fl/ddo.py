@@ -2,7 +2,8 @@
 
 A DDO's ``checksum`` is the SHA-256 of the canonical JSON of its ``main`` metadata block; that is what
 gets registered on chain with the DID. Fields outside ``main`` (``additionalInformation``: the
-coordinator URL once known, metrics) may be updated later without invalidating the registration.
+coordinator's signed announcement once it serves, metrics) may be updated later without invalidating the
+registration.
 DDOs are public: they are built only from public values (addresses, DIDs, parameters), never from
 connections.
 """
@@ -99,8 +100,11 @@ def asset_main(
     return main
 
 
-def coordinator_main(conf: dict[str, Any], session_id: str, consumer: str, provider: str) -> dict[str, Any]:
-    """``main`` block of the coordinator workflow (type ``fl-coordinator``)."""
+def coordinator_main(
+    conf: dict[str, Any], session_id: str, consumer: str, provider: str, participants: list[str]
+) -> dict[str, Any]:
+    """``main`` block of the coordinator workflow (type ``fl-coordinator``); ``participants``: the data
+    providers' asset DIDs (the coordinator seats exactly those providers)."""
     return {
         "type": "fl-coordinator",
         "name": f"FL coordinator {session_id}",
@@ -117,7 +121,9 @@ def coordinator_main(conf: dict[str, Any], session_id: str, consumer: str, provi
             "model": conf["model"],
             "heartbeat": conf["heartbeat"],
             "stallTimeout": conf["stall_timeout"],
+            "sessionTimeout": conf["session_timeout"],
             "initialModel": conf["initial_model"],
+            "participants": sorted(participants),
         },
     }
 

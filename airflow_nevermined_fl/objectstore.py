@@ -16,7 +16,8 @@ def split_url(url: str) -> tuple[str, str]:
 
 
 def client(endpoint_url: str, region_name: str, access_key: str, secret_key: str) -> Any:
-    """A boto3 S3 client for an S3-compatible endpoint (path-style addressing, bounded retries)."""
+    """A boto3 S3 client for an S3-compatible endpoint (path-style addressing, bounded retries, SigV4: also
+    for presigned URLs, which then sign only the host, not the content type)."""
     import boto3
     from botocore.config import Config
 
@@ -26,5 +27,5 @@ def client(endpoint_url: str, region_name: str, access_key: str, secret_key: str
         region_name=region_name,
         aws_access_key_id=access_key,
         aws_secret_access_key=secret_key,
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3}),
+        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}, retries={"max_attempts": 3}),
     )

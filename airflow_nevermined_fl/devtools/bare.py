@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from airflow_nevermined_fl.devtools.session_channel import GRANT_SECONDS, SessionChannel
+from airflow_nevermined_fl.gateway.channel import data_grant
 from airflow_nevermined_fl.gateway.launchers.base import Labels, Launcher, Workload, WorkloadSpec
 from airflow_nevermined_fl.runtime import status
 from airflow_nevermined_fl.runtime.config import ModelSpec, SessionConfig, StorageSpec
@@ -28,12 +30,13 @@ LINGER = 60
 @dataclass
 class BareSession:
     """``shards``: participant data paths (as the participants' backend sees them); ``storage``: endpoint,
-    bucket, prefix; ``secret_env``: S3 keys (reach the workloads only)."""
+    bucket, prefix; ``s3``: a client with the storage's keys, which sign the session's grants (no workload
+    gets a key); ``max_samples``: the rows each shard declares."""
 
     coordinator_launcher: Launcher
     participant_launcher: Launcher
     storage: dict[str, str]
-    secret_env: dict[str, str] = field(repr=False)
+    s3: Any = field(repr=False)
     shards: list[str]
     run_id: str
     model: dict[str, Any]
@@ -42,6 +45,14 @@ class BareSession:
     dag_id: str = "nvfl_bare_session"
     image: str | None = None
     participant_args: dict[str, list[str]] = field(default_factory=dict)
+    max_samples: int = 1_000_000
+    channel: SessionChannel = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        spec = self.storage_spec()
+        self.channel = SessionChannel.create(
+            self.s3, spec, self.run_id, [self.max_samples] * len(self.shards)
+        )
 
     @classmethod
     def on_devstack_s3(cls, s3_state: dict[str, Any], prefix: str, **fields: Any) -> BareSession:
@@ -50,14 +61,17 @@ class BareSession:
         from airflow_nevermined_fl.devtools.devstack import s3
 
         storage = {"endpoint": s3_state["endpoint"], "bucket": s3_state["bucket"], "prefix": prefix}
-        return cls(storage=storage, secret_env=s3.env(s3_state), **fields)
+        return cls(storage=storage, s3=s3.client(s3_state), **fields)
 
     def labels(self, role: Role, name: str) -> Labels:
         return Labels(self.dag_id, self.run_id, f"start_{role}", role, name)
 
+    def storage_spec(self) -> StorageSpec:
+        storage = self.storage
+        return StorageSpec(storage["bucket"], storage.get("prefix", ""), storage.get("endpoint"))
+
     def config(self) -> SessionConfig:
         """The coordinator's session (its ports are the launcher's: :meth:`WorkloadSpec.coordinator`)."""
-        storage = self.storage
         return SessionConfig(
             session_id=self.run_id,
             rounds=self.rounds,
@@ -65,24 +79,26 @@ class BareSession:
             min_participants=len(self.shards),
             heartbeat_period=self.heartbeat,
             stall_timeout=60,
-            storage=StorageSpec(storage["bucket"], storage.get("prefix", ""), storage.get("endpoint")),
+            storage=self.storage_spec(),
             model=ModelSpec.of(self.model),
             linger=LINGER,
+            channel=self.channel.spec,
         )
 
     def start_coordinator(self) -> Workload:
         labels = self.labels("coordinator", "coordinator")
         launcher = self.coordinator_launcher
-        return launcher.start(
-            WorkloadSpec.coordinator(
-                launcher,
-                labels,
-                self.config(),
-                COORDINATOR_MODULE,
-                secret_env=self.secret_env,
-                image=self.image,
-            )
+        files, secret_files = self.channel.coordinator_files()
+        spec = WorkloadSpec.coordinator(
+            launcher,
+            labels,
+            self.config(),
+            COORDINATOR_MODULE,
+            files,
+            secret_files=secret_files,
+            image=self.image,
         )
+        return launcher.start(spec)
 
     def wait_healthy(self, coordinator: Workload, timeout: float = 60.0) -> float:
         """Seconds until the coordinator's status endpoint answers; raises if it exits or times out."""
@@ -109,7 +125,6 @@ class BareSession:
         return status.wait(f"http://{coordinator.endpoints['status']}", until, gone, timeout, what, poll)
 
     def start_participants(self, coordinator: Workload) -> list[Workload]:
-        storage = f"s3://{self.storage['bucket']}/{self.storage['prefix']}"
         started = []
         for index, shard in enumerate(self.shards):
             name = f"p{index}"
@@ -117,11 +132,11 @@ class BareSession:
                 self.labels("participant", name),
                 PARTICIPANT_MODULE,
                 coordinator.endpoints["grpc"],
-                shard,
-                storage,
+                self.channel.pair.cert_pem,
+                self.channel.ticket(index),
+                data_grant(self.s3, shard, GRANT_SECONDS) if shard.startswith("s3://") else shard,
                 options={"heartbeat": self.heartbeat, "seed": index},
                 extra_args=self.participant_args.get(name, []),
-                secret_env=self.secret_env,
                 image=self.image,
             )
             started.append(self.participant_launcher.start(spec))

@@ -1,9 +1,10 @@
 """``nvfl session local``: one bare FL session (coordinator + N participants as local processes).
 
 No Airflow, no chain: for users testing participant code, and the baseline of the orchestration-overhead
-benchmark. Runtime processes run with the FL venv's python (:func:`runtime_env.runtime_python`); S3
-credentials reach them through their environment only. The helpers here (start a coordinator, a
-participant, read its status) are also what the runtime tests and ``bench/`` use.
+benchmark. Runtime processes run with the FL venv's python (:func:`runtime_env.runtime_python`) on the
+secure session channel (:mod:`.session_channel`): TLS, seat credentials, storage grants; no process gets a
+storage key (only a ``stock_sdk`` coordinator, through its environment). The helpers here (start a
+coordinator, a participant, read its status) are also what the runtime tests and ``bench/`` use.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airflow_nevermined_fl import process
+from airflow_nevermined_fl import objectstore, process
 from airflow_nevermined_fl.devtools import data as datasets
+from airflow_nevermined_fl.devtools.session_channel import SessionChannel, write_files
+from airflow_nevermined_fl.gateway.launchers.base import PEER_CERT_FILE, SEAT_FILE
 from airflow_nevermined_fl.paths import state_dir
 from airflow_nevermined_fl.runtime import status as coordinator_status
 from airflow_nevermined_fl.runtime.config import ModelSpec, SessionConfig, StorageSpec
@@ -102,11 +105,18 @@ class Coordinator:
 
 
 def start_coordinator(
-    config: SessionConfig | dict[str, Any], workdir: Path, secret_env: dict[str, str], timeout: float = 60.0
+    config: SessionConfig | dict[str, Any],
+    workdir: Path,
+    secret_env: dict[str, str] | None = None,
+    timeout: float = 60.0,
+    channel: SessionChannel | None = None,
 ) -> Coordinator:
-    """Write ``coordinator.json`` (``config``, or a raw dict: the runtime's tests give bad ones), start the
-    coordinator and wait for its ready file (bound ports)."""
+    """Write ``coordinator.json`` (``config``, or a raw dict: the runtime's tests give bad ones) and the
+    ``channel``'s files next to it, start the coordinator and wait for its ready file (bound ports);
+    ``secret_env``: a ``stock_sdk`` coordinator's S3 keys."""
     workdir.mkdir(parents=True, exist_ok=True)
+    if channel is not None:
+        channel.write_coordinator_files(workdir)
     config_file, ready_file = workdir / "coordinator.json", workdir / "coordinator.ready"
     config_file.write_text(
         config.to_json() if isinstance(config, SessionConfig) else json.dumps(config, indent=2)
@@ -116,7 +126,7 @@ def start_coordinator(
         "coordinator",
         ["-m", COORDINATOR_MODULE, *coordinator_args(str(config_file), str(ready_file))],
         workdir / "coordinator.log",
-        runtime_env(secret_env),
+        runtime_env(secret_env or {}),
     )
     deadline = time.monotonic() + timeout
     while not ready_file.exists():
@@ -134,16 +144,27 @@ def start_participant(
     name: str,
     coordinator: str,
     data: str,
-    storage_url: str,
+    cert_pem: str,
+    ticket: str,
     workdir: Path,
-    secret_env: dict[str, str],
     heartbeat: float = 0.5,
     model: str = "softmax",
     extra_args: tuple[str, ...] = (),
 ) -> RuntimeProcess:
-    args = participant_args(coordinator, data, storage_url, model=model, heartbeat=heartbeat)
+    """A participant on ``data`` (a local path) joining ``coordinator`` with the seat ``ticket``; its
+    files (the certificate, the ticket: 0600) in ``workdir/<name>/``."""
+    files = workdir / name
+    write_files(files, {PEER_CERT_FILE: cert_pem}, {SEAT_FILE: ticket})
+    args = participant_args(
+        coordinator,
+        str(files / PEER_CERT_FILE),
+        str(files / SEAT_FILE),
+        data=data,
+        model=model,
+        heartbeat=heartbeat,
+    )
     return RuntimeProcess.start(
-        name, ["-m", PARTICIPANT_MODULE, *args, *extra_args], workdir / f"{name}.log", runtime_env(secret_env)
+        name, ["-m", PARTICIPANT_MODULE, *args, *extra_args], workdir / f"{name}.log", runtime_env({})
     )
 
 
@@ -168,7 +189,8 @@ def wait_ended(coordinator: Coordinator, timeout: float, poll: float = 0.1) -> d
 
 
 def _s3_settings(endpoint: str | None, bucket: str | None) -> tuple[str, str, dict[str, str]]:
-    """S3 endpoint, bucket and process env: explicit (keys from our environment) or the devstack's."""
+    """S3 endpoint, bucket and keys (they sign the grants and read the model back): explicit (keys from
+    our environment) or the devstack's."""
     if endpoint or bucket:
         keys = {k: os.environ.get(k, "") for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
         if not endpoint or not bucket or not all(keys.values()):
@@ -233,6 +255,9 @@ class LocalSession:
         except datasets.DataError as exc:
             raise SessionLocalError(str(exc)) from None
         storage = StorageSpec(bucket, f"sessions/{session_id}", endpoint)
+        rows = [shard["rows"] for shard in manifest["providers"]]
+        s3 = objectstore.client(endpoint, "us-east-1", env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"])
+        channel = SessionChannel.create(s3, storage, session_id, rows)
         builtin = self.model == "softmax"
         config = SessionConfig(
             session_id=session_id,
@@ -245,11 +270,12 @@ class LocalSession:
             linger=2 * self.heartbeat + 1,  # the processes are waited for below
             storage=storage,
             model=ModelSpec.of(datasets.softmax_model(manifest)) if builtin else ModelSpec(),
+            channel=channel.spec,
         )
         started = time.monotonic()
         procs: list[RuntimeProcess] = []
         try:
-            coordinator = start_coordinator(config, workdir, env)
+            coordinator = start_coordinator(config, workdir, channel=channel)
             procs.append(coordinator.process)
             for index, shard in enumerate(manifest["providers"]):
                 procs.append(
@@ -257,9 +283,9 @@ class LocalSession:
                         f"participant-{index}",
                         coordinator.grpc,
                         shard["path"],
-                        storage.url(""),
+                        channel.pair.cert_pem,
+                        channel.ticket(index),
                         workdir,
-                        env,
                         self.heartbeat,
                         self.model,
                         (*self.participant_args, "--seed", str(self.seed + index)),

@@ -19,9 +19,25 @@ from airflow_nevermined_fl.contracts.keeper import ComputeAgreement, StateError,
 from airflow_nevermined_fl.gateway.config import Service
 from airflow_nevermined_fl.gateway.publish import load_assets
 from airflow_nevermined_fl.gateway.resources import FetchError, Provider
-from airflow_nevermined_fl.gateway.workloads import CoordinatorPlan, ParticipantPlan, module_of
+from airflow_nevermined_fl.gateway.workloads import (
+    CoordinatorPlan,
+    ParticipantPlan,
+    module_of,
+    session_grant_seconds,
+)
+from airflow_nevermined_fl.protocol.announce import AnnouncementError, verify
+from airflow_nevermined_fl.runtime.config import SeatSpec
 
-PARAMETERS = ("sessionId", "rounds", "epochs", "minParticipants", "participantsRatio", "model", "heartbeat")
+PARAMETERS = (
+    "sessionId",
+    "rounds",
+    "epochs",
+    "minParticipants",
+    "participantsRatio",
+    "model",
+    "heartbeat",
+    "participants",
+)
 MAX_MODEL = 500_000_000
 NOT_PUBLISHED = "not published: run `nvfl gateway publish`"
 
@@ -178,9 +194,24 @@ def _coordinator_plan(provider: Provider, did: str, doc: dict[str, Any]) -> tupl
             did, isinstance(parameters["model"], dict) and "name" in parameters["model"], "model: no name"
         )
         initial = initial_model(provider, parameters.get("initialModel"))
-        return str(parameters["sessionId"]), CoordinatorPlan(container, parameters, initial)
+        seats = _seats(provider, did, parameters["participants"])
+        return str(parameters["sessionId"]), CoordinatorPlan(container, parameters, initial, seats)
     except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
         raise _malformed(did, exc) from None
+
+
+def _seats(provider: Provider, did: str, assets: Any) -> tuple[SeatSpec, ...]:
+    """The seats of a session's data providers: each listed participant asset's provider address and
+    declared dataset rows, from its DDO as registered on chain."""
+    _content(did, isinstance(assets, list) and assets, "participants: expected a list of asset DIDs")
+    seats = {}
+    for asset in assets:
+        main = ddo.main_block(verified_ddo(provider, str(asset), None, "participant asset"))
+        kind = main["service"]["type"]
+        _content(did, kind == "fl-participant", f"participant {asset} is an {kind!r} asset")
+        seats[main["provider"].lower()] = SeatSpec(main["provider"].lower(), int(main["dataset"]["rows"]))
+    _content(did, len(seats) == len(assets), "participants: one asset per data provider")
+    return tuple(seats.values())
 
 
 def _participant_plan(
@@ -201,26 +232,28 @@ def _participant_plan(
         kind = coordinator_main.get("type")
         _content(did, kind == "fl-coordinator", f"its coordinator {coordinator_did} is of type {kind!r}")
         parameters = coordinator_main["parameters"]
-        info = coordinator["service"][0]["attributes"].get("additionalInformation") or {}
-        url, storage = info.get("coordinatorUrl"), info.get("sessionStorage")
-        if (
-            not url
-            or not isinstance(storage, dict)
-            or not (storage.get("url") and storage.get("endpoint_url"))
-        ):
-            raise Refusal(
-                409,
-                f"coordinator not published yet: {coordinator_did} has no coordinatorUrl and sessionStorage",
-            )
         session_id = str(parameters["sessionId"])
         output = stage.get("output", {}).get("sessionId")
         _content(did, output == session_id, f"session {output!r} is not its coordinator's {session_id!r}")
+        info = coordinator["service"][0]["attributes"].get("additionalInformation") or {}
+        if "coordinatorAnnouncement" not in info:
+            raise Refusal(
+                409, f"coordinator not announced yet: {coordinator_did} has no coordinatorAnnouncement"
+            )
+        try:
+            announced = verify(
+                info["coordinatorAnnouncement"], provider=coordinator_main["provider"], session_id=session_id
+            )
+        except AnnouncementError as exc:
+            raise Refusal(409, f"coordinator {coordinator_did}: announcement refused: {exc}") from None
         plan = ParticipantPlan(
             container=container,
-            coordinator_url=str(url),
-            session_storage={"url": str(storage["url"]), "endpoint_url": str(storage["endpoint_url"])},
+            session_id=session_id,
+            coordinator_url=announced["url"],
+            coordinator_cert=announced["tls_cert"],
             model=stage["transformation"]["model"],
             heartbeat=float(parameters["heartbeat"]),
+            grant_seconds=session_grant_seconds(parameters),
             dataset=str(service.dataset),
         )
         return session_id, plan

@@ -21,7 +21,9 @@ from airflow_nevermined_fl.gateway.launchers import Launcher, Workload
 from airflow_nevermined_fl.gateway.records import Execution, Records
 from airflow_nevermined_fl.gateway.resources import Provider
 from airflow_nevermined_fl.gateway.workloads import CoordinatorPlan, labels
+from airflow_nevermined_fl.protocol import announce
 from airflow_nevermined_fl.runtime import status
+from airflow_nevermined_fl.runtime.config import ChannelSpec
 from airflow_nevermined_fl.runtime.workload import ExecutionState, SessionState, ended_state
 
 log = logging.getLogger(__name__)
@@ -81,7 +83,7 @@ class Executions:
         if self.running() >= config.max_executions:
             raise Refusal(503, f"at capacity: {config.max_executions} executions running; retry later")
         spec = plan.spec(
-            self.launcher, labels(config.name, agreement_id, plan.role, order.service.name), config.storage
+            self.launcher, labels(config.name, agreement_id, plan.role, order.service.name), self.provider
         )
         try:
             workload = self.launcher.start(spec)
@@ -99,7 +101,7 @@ class Executions:
             started=workload.started,
             agreement=order.agreement.to_dict(),
             workload=workload.to_dict(),
-            storage=plan.session_storage(config.storage) if isinstance(plan, CoordinatorPlan) else None,
+            tls_cert=spec.files.get(ChannelSpec.tls_cert) if isinstance(plan, CoordinatorPlan) else None,
         )
         self.records.save(execution)
         log.info(
@@ -170,6 +172,9 @@ class Executions:
         workload = Workload.from_dict(execution.workload)
         process = self.launcher.status(workload)
         if execution.role == "coordinator" and (snapshot := coordinator_status(workload)) is not None:
+            if execution.announcement is None and execution.tls_cert:
+                key, url = self.provider.config.private_key(), workload.endpoints["grpc"]
+                execution.announcement = announce.sign(key, execution.session_id, url, execution.tls_cert)
             execution.coordinator, execution.coordinator_url = snapshot, workload.endpoints["grpc"]
             if snapshot.get("state") == SessionState.FINISHED and snapshot.get("model"):
                 execution.state = ExecutionState.FINISHED

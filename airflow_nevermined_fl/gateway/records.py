@@ -31,7 +31,7 @@ STATUS_FIELDS = (
     "started",
     "coordinator_url",
     "coordinator",
-    "storage",
+    "announcement",
     "settlement",
 )
 
@@ -58,7 +58,8 @@ class Execution:
     exit_code: int | None = None
     coordinator_url: str | None = None
     coordinator: dict[str, Any] | None = None
-    storage: dict[str, str] | None = None
+    tls_cert: str | None = None
+    announcement: dict[str, str] | None = None
     settlement: dict[str, Any] = field(default_factory=_unsettled)
     stopped: bool = False
 

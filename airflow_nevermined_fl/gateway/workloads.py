@@ -1,7 +1,8 @@
 """What a gateway launches for a verified compute request: the coordinator, or one participant.
 
-A plan holds what the checked workflow DDOs ask for; its ``spec`` is the workload with this gateway's
-own storage (secret env) and, for a participant, its own dataset: the consumer never names either.
+A plan holds what the checked workflow DDOs ask for; its ``spec`` is the workload on the secure session
+channel (:mod:`.channel`): grants on this gateway's storage, its key's seat ticket and, for a participant,
+its own dataset. The consumer names none of them; no workload gets a storage key.
 """
 
 from __future__ import annotations
@@ -9,9 +10,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from airflow_nevermined_fl.gateway.config import StorageConfig
+from airflow_nevermined_fl.gateway.channel import (
+    MAX_GRANT_SECONDS,
+    coordinator_files,
+    coordinator_grants,
+    data_grant,
+    grant_seconds,
+    key_pair,
+)
 from airflow_nevermined_fl.gateway.launchers import Labels, Launcher, WorkloadSpec
-from airflow_nevermined_fl.runtime.config import ModelSpec, SessionConfig, StorageSpec
+from airflow_nevermined_fl.gateway.resources import Provider
+from airflow_nevermined_fl.runtime.channel import certificate_fingerprint, issue
+from airflow_nevermined_fl.runtime.config import ChannelSpec, ModelSpec, SeatSpec, SessionConfig, StorageSpec
 from airflow_nevermined_fl.runtime.workload import Role
 
 LINGER = 600
@@ -23,11 +33,20 @@ def session_prefix(session_id: str) -> str:
     return f"sessions/{session_id}"
 
 
+def session_grant_seconds(parameters: dict[str, Any]) -> int:
+    """How long a session's storage grants and certificate last (its ``sessionTimeout`` and a margin)."""
+    return grant_seconds(float(parameters.get("sessionTimeout") or MAX_GRANT_SECONDS))
+
+
 def coordinator_config(
-    parameters: dict[str, Any], storage_endpoint: str, bucket: str, initial_model: str | None
+    parameters: dict[str, Any],
+    storage_endpoint: str,
+    bucket: str,
+    initial_model: str | None,
+    seats: tuple[SeatSpec, ...],
 ) -> SessionConfig:
-    """The coordinator's session config from its DDO's parameters (public: no credentials); its ports are
-    the launcher's (:meth:`WorkloadSpec.coordinator`)."""
+    """The coordinator's session config from its DDO's parameters and its seats (public: no credentials);
+    its ports are the launcher's (:meth:`WorkloadSpec.coordinator`)."""
     return SessionConfig(
         session_id=parameters["sessionId"],
         rounds=parameters["rounds"],
@@ -40,6 +59,7 @@ def coordinator_config(
         model=ModelSpec.of(parameters["model"]),
         initial_model=initial_model,
         linger=LINGER,
+        channel=ChannelSpec(seats=seats),
     )
 
 
@@ -63,55 +83,66 @@ def labels(gateway: str, agreement_id: str, role: Role, name: str) -> Labels:
 
 @dataclass(frozen=True)
 class CoordinatorPlan:
-    """The coordinator of a session, as its workflow DDO describes it."""
+    """The coordinator of a session, as its workflow DDO describes it, with the seats of its data
+    providers (their addresses and declared rows, from their asset DDOs)."""
 
     role: ClassVar[Role] = "coordinator"
     container: dict[str, Any]
     parameters: dict[str, Any]
     initial_model: str | None
+    seats: tuple[SeatSpec, ...]
 
-    def session_storage(self, storage: StorageConfig) -> dict[str, str]:
-        """Where the session's weights go (the consumer hands it to the participants)."""
-        prefix = session_prefix(self.parameters["sessionId"])
-        return {"endpoint_url": storage.endpoint_url, "url": f"s3://{storage.bucket}/{prefix}"}
-
-    def spec(self, launcher: Launcher, labels: Labels, storage: StorageConfig) -> WorkloadSpec:
-        config = coordinator_config(self.parameters, storage.endpoint_url, storage.bucket, self.initial_model)
+    def spec(self, launcher: Launcher, labels: Labels, provider: Provider) -> WorkloadSpec:
+        """The coordinator with a fresh TLS key pair and grants on this provider's storage, no key."""
+        storage, seconds = provider.config.storage, session_grant_seconds(self.parameters)
+        session_id = self.parameters["sessionId"]
+        grants = coordinator_grants(
+            provider.s3, storage.bucket, session_prefix(session_id), self.seats, seconds, self.initial_model
+        )
+        files, secret_files = coordinator_files(key_pair(session_id, seconds), grants)
+        config = coordinator_config(
+            self.parameters, storage.endpoint_url, storage.bucket, self.initial_model, self.seats
+        )
+        module = module_of(self.container["entrypoint"])
         return WorkloadSpec.coordinator(
-            launcher,
-            labels,
-            config,
-            module_of(self.container["entrypoint"]),
-            image=image_of(self.container),
-            secret_env=storage.runtime_env(),
+            launcher, labels, config, module, files, image=image_of(self.container), secret_files=secret_files
         )
 
 
 @dataclass(frozen=True)
 class ParticipantPlan:
-    """One participant on this gateway's dataset, joining the coordinator the consumer announced."""
+    """One participant on this gateway's dataset, joining the coordinator its provider announced."""
 
     role: ClassVar[Role] = "participant"
     container: dict[str, Any]
+    session_id: str
     coordinator_url: str
-    session_storage: dict[str, str]
+    coordinator_cert: str
     model: dict[str, Any]
     heartbeat: float
+    grant_seconds: int
     dataset: str = field(repr=False)
 
-    def spec(self, launcher: Launcher, labels: Labels, storage: StorageConfig) -> WorkloadSpec:
+    def spec(self, launcher: Launcher, labels: Labels, provider: Provider) -> WorkloadSpec:
+        """The participant with its seat ticket (signed with this provider's key) and its data: the local
+        path, or a grant of the S3 object (no key)."""
+        ticket = issue(
+            provider.config.private_key(), self.session_id, certificate_fingerprint(self.coordinator_cert)
+        )
+        dataset = self.dataset
+        if dataset.startswith("s3://"):
+            dataset = data_grant(provider.s3, dataset, self.grant_seconds)
         return WorkloadSpec.participant(
             labels,
             module_of(self.container["entrypoint"]),
             self.coordinator_url,
-            self.dataset,
-            self.session_storage["url"],
+            self.coordinator_cert,
+            ticket,
+            dataset,
             options={
-                "s3_endpoint": self.session_storage["endpoint_url"],
                 "model": self.model["name"],
                 "heartbeat": self.heartbeat,
                 "num_classes": self.model.get("num_classes"),
             },
             image=image_of(self.container),
-            secret_env=storage.runtime_env(),
         )

@@ -179,7 +179,8 @@ class PublishWorkflowOperator(SessionOperator):
         consumer = self.consumer
         store = metadata_store(conf["storage_conn_id"])
         coordinator = self.session["coordinator"]
-        main = ddo.coordinator_main(conf, self.session_id, consumer_address, coordinator["address"])
+        assets = [p["did"] for p in self.session["providers"]]
+        main = ddo.coordinator_main(conf, self.session_id, consumer_address, coordinator["address"], assets)
         published = {
             "coordinator": self._publish(consumer, store, "coordinator", main, [coordinator["address"]])
         }

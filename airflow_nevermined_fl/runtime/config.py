@@ -3,8 +3,9 @@ read back by the coordinator (JSON or TOML), validated field by field before any
 
 :class:`SessionConfig` is the one typed form, its defaults the only ones: the gateway, the bare sessions and
 the benches build it and the coordinator parses into it. Standard library only, so that code outside the FL
-venv imports it too. The config is public (a gateway renders it from a DDO), so it never holds credentials:
-S3 keys come from the environment.
+venv imports it too. The config is public (a gateway renders it from a DDO), so it never holds credentials: a
+secure session's TLS key and storage grants are secret files named by its ``channel`` (next to the config);
+only a ``stock_sdk`` session takes S3 keys, from the environment.
 """
 
 from __future__ import annotations
@@ -74,6 +75,36 @@ class ModelSpec:
         return {"name": self.name, "num_features": self.num_features, "num_classes": self.num_classes}
 
 
+ADDRESS = r"0x[0-9a-fA-F]{40}"
+
+
+@dataclass(frozen=True)
+class SeatSpec:
+    """A data provider that may join the session once: its address and its dataset's declared rows (the
+    bound of the ``number_samples`` it may report)."""
+
+    address: str
+    max_samples: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"address": self.address, "max_samples": self.max_samples}
+
+
+@dataclass(frozen=True)
+class ChannelSpec:
+    """A secure session's channel: the coordinator's TLS key pair and its storage grants (files next to the
+    config: the key and the grants are secret), and the seats of the data providers."""
+
+    seats: tuple[SeatSpec, ...]
+    tls_cert: str = "tls.crt"
+    tls_key: str = "tls.key"
+    grants: str = "grants.json"
+
+    def to_dict(self) -> dict[str, Any]:
+        files = {"tls_cert": self.tls_cert, "tls_key": self.tls_key, "grants": self.grants}
+        return {**files, "seats": [seat.to_dict() for seat in self.seats]}
+
+
 def default_heartbeat_timeout(heartbeat_period: float) -> float:
     """How long past its heartbeat period a silent participant is kept: 5 periods, at least 5 s."""
     return max(5.0, 5 * heartbeat_period)
@@ -83,7 +114,10 @@ def default_heartbeat_timeout(heartbeat_period: float) -> float:
 class SessionConfig:
     """One coordinator's session. ``heartbeat_timeout`` None: :func:`default_heartbeat_timeout` of the
     period. ``grpc_port``/``status_port`` 0: any free port (the coordinator reports what it bound).
-    ``linger``: seconds an ended coordinator keeps serving its final status before it exits."""
+    ``linger``: seconds an ended coordinator keeps serving its final status before it exits.
+    ``channel``: TLS, seats and storage grants; None only with ``stock_sdk`` (plaintext gRPC, peers known by
+    address, weights in the bucket with the environment's S3 keys: insecure, for stock xain-sdk
+    participants)."""
 
     session_id: str
     rounds: int
@@ -101,6 +135,8 @@ class SessionConfig:
     initial_model: str | None = None
     model: ModelSpec = field(default_factory=ModelSpec)
     linger: float = 5.0
+    channel: ChannelSpec | None = None
+    stock_sdk: bool = False
 
     def __post_init__(self) -> None:
         if self.heartbeat_timeout is None:
@@ -111,9 +147,8 @@ class SessionConfig:
         """The JSON form :func:`parse` reads back into an equal config."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data |= {"storage": self.storage.to_dict(), "model": self.model.to_dict()}
-        if self.initial_model is None:
-            del data["initial_model"]
-        return data
+        data["channel"] = self.channel.to_dict() if self.channel else None
+        return {key: value for key, value in data.items() if value is not None}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -203,6 +238,48 @@ def _model(data: Any) -> ModelSpec:
     )
 
 
+def _file_name(data: dict[str, Any], name: str) -> str:
+    value = _get(data, name, str, "a file name next to the config", _default_channel(name))
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", value) or value.startswith("."):
+        raise ConfigError(name, "a file name next to the config (no directories)", value)
+    return value
+
+
+def _default_channel(name: str) -> Any:
+    return ChannelSpec.__dataclass_fields__[name.rpartition(".")[2]].default
+
+
+def _seat(data: Any, i: int) -> SeatSpec:
+    name = f"channel.seats[{i}]"
+    if not isinstance(data, dict):
+        raise ConfigError(name, "an object {address, max_samples}", data)
+    address = _get(data, f"{name}.address", str, "a 0x address")
+    if not re.fullmatch(ADDRESS, address):
+        raise ConfigError(f"{name}.address", "a 0x address", address)
+    return SeatSpec(address.lower(), _int(data, f"{name}.max_samples", 1))
+
+
+def _channel(data: Any, stock_sdk: bool) -> ChannelSpec | None:
+    if data is None:
+        if stock_sdk:
+            return None
+        raise ConfigError("channel", "an object {tls_cert, tls_key, grants, seats} (or stock_sdk: true)")
+    if stock_sdk:
+        raise ConfigError("channel", "nothing with stock_sdk: true (stock participants speak plaintext)")
+    if not isinstance(data, dict):
+        raise ConfigError("channel", "an object {tls_cert, tls_key, grants, seats}", data)
+    seats = _get(data, "channel.seats", list, "a non-empty list of {address, max_samples}")
+    parsed = tuple(_seat(seat, i) for i, seat in enumerate(seats))
+    if not parsed or len({seat.address for seat in parsed}) != len(parsed):
+        raise ConfigError("channel.seats", "a non-empty list of distinct addresses", seats)
+    return ChannelSpec(
+        seats=parsed,
+        tls_cert=_file_name(data, "channel.tls_cert"),
+        tls_key=_file_name(data, "channel.tls_key"),
+        grants=_file_name(data, "channel.grants"),
+    )
+
+
 def parse(data: Any) -> SessionConfig:
     """Validate a decoded config; raises :class:`ConfigError` naming the first bad field."""
     if not isinstance(data, dict):
@@ -219,6 +296,9 @@ def parse(data: Any) -> SessionConfig:
     if "storage" not in data:
         raise ConfigError("storage", "an object {endpoint, bucket, prefix} (missing)")
     host = "a host name or IP address"
+    stock_sdk = data.get("stock_sdk", False)
+    if not isinstance(stock_sdk, bool):
+        raise ConfigError("stock_sdk", "true or false", stock_sdk)
     return SessionConfig(
         session_id=session_id,
         rounds=_int(data, "rounds", 1),
@@ -236,6 +316,8 @@ def parse(data: Any) -> SessionConfig:
         initial_model=initial_model,
         model=_model(data.get("model")),
         linger=_non_negative(data, "linger", _default("linger")),
+        channel=_channel(data.get("channel"), stock_sdk),
+        stock_sdk=stock_sdk,
     )
 
 

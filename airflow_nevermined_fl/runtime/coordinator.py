@@ -1,5 +1,13 @@
 """Coordinator service: xain-fl 0.6's ``Coordinator`` behind gRPC, with live status, safe uploads and an end.
 
+A secure session (the default) serves gRPC over TLS with the session's key pair, admits only its data
+providers, each once, by their seat credentials (:mod:`.channel`), and exchanges weights through storage
+grants (:class:`~.storage.Grants`): each selected participant gets, with its ``StartTrainingRound``
+answer, a grant to read the global model and one to write its own upload. Uploads are checked against the
+model's shape before they are allocated and ``number_samples`` against the provider's declared rows. A
+``stock_sdk`` session (insecure: plaintext, peers known by address, bucket keys) lets stock xain-sdk
+participants join.
+
 Usage (in the FL runtime venv)::
 
     python -m airflow_nevermined_fl.runtime.coordinator --config session.json [--status-file PATH]
@@ -17,6 +25,7 @@ import json
 import math
 import os
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -31,21 +40,36 @@ from structlog import get_logger
 from xain_fl.coordinator.coordinator import Coordinator
 from xain_fl.coordinator.coordinator_grpc import CoordinatorGrpc
 from xain_fl.coordinator.participants import Participants
+from xain_fl.tools.exceptions import InvalidRequestError, UnknownParticipantError
 from xain_proto.fl import coordinator_pb2_grpc
-from xain_proto.fl.coordinator_pb2 import EndTrainingRoundResponse, State
+from xain_proto.fl.coordinator_pb2 import (
+    EndTrainingRoundResponse,
+    RendezvousReply,
+    RendezvousRequest,
+    StartTrainingRoundRequest,
+    State,
+)
 
 from airflow_nevermined_fl.runtime import logs, models
+from airflow_nevermined_fl.runtime.arrays import ArraySpec, RefusedPayload
+from airflow_nevermined_fl.runtime.channel import (
+    TICKET_HEADER,
+    TOKEN_HEADER,
+    SeatRefused,
+    Seats,
+    certificate_fingerprint,
+    participant_id,
+)
 from airflow_nevermined_fl.runtime.config import ConfigError, SessionConfig, load
-from airflow_nevermined_fl.runtime.safe_pickle import RefusedPayload
 from airflow_nevermined_fl.runtime.status import StatusServer
 from airflow_nevermined_fl.runtime.storage import (
+    BucketExchange,
+    Exchange,
     GlobalWeightsWriter,
+    Grants,
     LocalWeightsReader,
-    SessionStorage,
     StorageError,
-    get_bytes,
     load_npz,
-    parse_s3_url,
 )
 from airflow_nevermined_fl.runtime.workload import ExitCode, SessionState
 
@@ -88,16 +112,20 @@ def _weighted(updates: list[tuple[int, dict[str, float]]], key: str) -> float | 
 class SessionCoordinator(Coordinator):
     """xain's state machine, serialized by one lock, with refused uploads, round metrics and progress time."""
 
-    def __init__(self, config: SessionConfig, storage: SessionStorage, weights: ndarray) -> None:
+    def __init__(
+        self, config: SessionConfig, exchange: Exchange, weights: ndarray, seats: Seats | None = None
+    ) -> None:
         self.lock = threading.RLock()
+        self.seats = seats
         self.refused_uploads = 0
+        self.refused_calls = 0
         self.rounds_metrics: list[dict[str, Any]] = []
         self.last_progress = time.monotonic()
         self._round_started: dict[int, float] = {}
         self._round_updates: list[tuple[int, dict[str, float]]] = []
         super().__init__(
-            global_weights_writer=GlobalWeightsWriter(storage),
-            local_weights_reader=LocalWeightsReader(storage, self._validate_update),
+            global_weights_writer=GlobalWeightsWriter(exchange),
+            local_weights_reader=LocalWeightsReader(exchange, self.upload_spec),
             num_rounds=config.rounds,
             minimum_participants_in_round=config.min_participants,
             fraction_of_participants=config.fraction,
@@ -108,16 +136,30 @@ class SessionCoordinator(Coordinator):
             ),
         )
 
-    def _validate_update(self, weights: ndarray) -> None:
+    def upload_spec(self) -> ArraySpec:
+        """What an upload must be: float64 weights of the model's shape (xain's init round of a custom model:
+        of the first upload's shape; any 1-D shape for that first one)."""
         if self.weights.size:
-            expected: tuple[int, ...] | None = self.weights.shape
-        else:  # xain's init round: every participant's initial weights must agree with the first one
-            first = next(iter(self.round.updates.values()), None)
-            expected = first["model_weights"].shape if first else None
-        if expected is not None and weights.shape != expected:
-            raise RefusedPayload(f"weights of shape {weights.shape}, expected {expected}")
-        if not np.isfinite(weights).all():
-            raise RefusedPayload("weights contain NaN or infinity")
+            return ArraySpec(shape=self.weights.shape)
+        first = next(iter(self.round.updates.values()), None)
+        return ArraySpec(shape=first["model_weights"].shape if first else None)
+
+    def _check_end_of_round(self, message: Any, participant_id: str) -> None:
+        """A seated participant ends a round it was selected for, with its own upload and at most its
+        dataset's rows."""
+        if self.seats is None:
+            return
+        if self.state != State.ROUND or participant_id not in self.round.participant_ids:
+            raise RefusedPayload("end of round outside a round it was selected for")
+        if message.participant_id != participant_id:
+            raise RefusedPayload(
+                f"end of round names the upload {message.participant_id[:80]!r}, not its own"
+            )
+        limit = self.seats.max_samples(participant_id)
+        if not 1 <= message.number_samples <= limit:
+            raise RefusedPayload(
+                f"number_samples {message.number_samples} outside 1..{limit} (declared rows)"
+            )
 
     def _fingerprint(self) -> tuple[int, int, int, int]:
         return (self.state, self.current_round, self.participants.len(), len(self.round.updates))
@@ -140,6 +182,8 @@ class SessionCoordinator(Coordinator):
         with self.lock:
             before = self._fingerprint()
             super().remove_participant(participant_id)
+            if self.seats is not None:
+                self.seats.release(participant_id)
             self._observe(before)
 
     def expire_participants(self) -> None:
@@ -154,6 +198,7 @@ class SessionCoordinator(Coordinator):
     def _handle_end_training_round(self, message: Any, participant_id: str) -> Any:
         round_, selected = self.current_round, participant_id in self.round.participant_ids
         try:
+            self._check_end_of_round(message, participant_id)
             response = super()._handle_end_training_round(message, participant_id)
         except RefusedPayload as exc:
             self.refused_uploads += 1
@@ -187,24 +232,107 @@ class SessionCoordinator(Coordinator):
 
 
 class SessionServicer(CoordinatorGrpc):
-    """xain's servicer; a refused upload answers INVALID_ARGUMENT instead of an unhandled error."""
+    """xain's servicer, knowing each caller by its seat (``seats``; by peer address in a ``stock_sdk``
+    session); a refused call answers PERMISSION_DENIED, a refused upload INVALID_ARGUMENT, each logged
+    with its reason; a selected participant's round starts with its storage grants (``grants``)."""
+
+    def __init__(self, coordinator: SessionCoordinator, grants: Grants | None = None) -> None:
+        super().__init__(coordinator)
+        self.session = coordinator
+        self.grants = grants
+
+    def _caller(self, request: Any, context: grpc.ServicerContext) -> tuple[str, str | None]:
+        """``(participant id, new seat token or None)``; aborts the call when its credential is refused."""
+        seats = self.session.seats
+        if seats is None:
+            return context.peer(), None
+        metadata = dict(context.invocation_metadata())
+        try:
+            if isinstance(request, RendezvousRequest):
+                return seats.take(metadata.get(TICKET_HEADER))
+            return seats.check(metadata.get(TICKET_HEADER), metadata.get(TOKEN_HEADER)), None
+        except SeatRefused as exc:
+            with self.session.lock:
+                self.session.refused_calls += 1
+            call = type(request).__name__.removesuffix("Request")
+            logger.warning("Refused call", call=call, peer=context.peer(), reason=str(exc))
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"refused: {exc}")
+            raise  # unreachable: abort raises
+
+    def Rendezvous(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        participant_id, token = self._caller(request, context)
+        response = self.coordinator.on_message(request, participant_id)
+        if token is not None:
+            if response.reply == RendezvousReply.ACCEPT:
+                context.send_initial_metadata(((TOKEN_HEADER, token),))
+            else:  # a spare: the seat stays free until it is accepted
+                self.session.seats.release(participant_id)
+        return response
+
+    def Heartbeat(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        return self._on(request, context, super().Heartbeat)
+
+    def StartTrainingRound(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        return self._on(request, context, self._start_training_round)
+
+    def _start_training_round(self, request: Any, context: Any) -> Any:
+        """xain's handler without its ``set_Code`` typo: a participant whose round was called off (another
+        was removed meanwhile) is told FAILED_PRECONDITION and goes back to waiting."""
+        try:
+            return self.coordinator.on_message(request, context.peer())
+        except UnknownParticipantError as error:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(error))
+        except InvalidRequestError as error:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
 
     def EndTrainingRound(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         try:
-            return super().EndTrainingRound(request, context)
+            return self._on(request, context, super().EndTrainingRound)
         except RefusedPayload as exc:
             context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
             context.set_details(f"upload refused: {exc}")
             return EndTrainingRoundResponse()
 
+    def _on(self, request: Any, context: grpc.ServicerContext, handle: Any) -> Any:
+        """xain's handler of ``request``, run for the caller's identity instead of its peer address."""
+        participant_id, _ = self._caller(request, context)
+        response = handle(request, _Identified(context, participant_id))
+        selected = isinstance(request, StartTrainingRoundRequest) and context.code() is None
+        if selected and self.grants is not None and participant_id in self.session.round.participant_ids:
+            grants = self.grants.round_grants(participant_id)
+            context.send_initial_metadata(
+                tuple((f"nvfl-{k.replace('_', '-')}", v) for k, v in grants.items())
+            )
+        return response
+
+
+class _Identified:
+    """A servicer context whose ``peer()`` is the caller's identity (what xain's handlers key on)."""
+
+    def __init__(self, context: grpc.ServicerContext, identity: str) -> None:
+        self._context = context
+        self._identity = identity
+
+    def peer(self) -> str:
+        return self._identity
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
 
 class CoordinatorService:
     """Runs one session to FINISHED (model written) or FAILED, serving gRPC and the status endpoint."""
 
-    def __init__(self, config: SessionConfig, storage: SessionStorage, weights: ndarray) -> None:
+    def __init__(self, config: SessionConfig, exchange: Exchange, weights: ndarray, tls: Tls | None) -> None:
         self.config = config
-        self.storage = storage
-        self.coordinator = SessionCoordinator(config, storage, weights)
+        self.exchange = exchange
+        self.tls = tls
+        seats = (
+            Seats(config.session_id, tls.fingerprint, config.channel.seats)
+            if tls and config.channel
+            else None
+        )
+        self.coordinator = SessionCoordinator(config, exchange, weights, seats)
         self.outcome: SessionState | None = None  # FINISHED or FAILED once decided
         self.reason: str | None = None
         self.model: dict[str, str] | None = None
@@ -224,6 +352,7 @@ class CoordinatorService:
                 "participants": {"connected": c.participants.len(), "selected": len(c.round.participant_ids)},
                 "rounds_metrics": list(c.rounds_metrics),
                 "refused_uploads": c.refused_uploads,
+                "refused_calls": c.refused_calls,
                 "reason": self.reason,
                 "model": self.model,
                 "grpc": self.grpc_address,
@@ -251,7 +380,7 @@ class CoordinatorService:
             "created": time.time(),
         }
         try:
-            self.model = self.storage.write_final(models.final_arrays(self.config.model, weights), metadata)
+            self.model = self.exchange.write_final(models.final_arrays(self.config.model, weights), metadata)
         except Exception as exc:  # noqa: BLE001 - any storage failure ends the session as FAILED
             self._fail(f"cannot write the final model: {type(exc).__name__}: {exc}")
             return
@@ -290,9 +419,15 @@ class CoordinatorService:
     def run(self, stop: threading.Event, status_file: Path | None) -> int:
         cfg = self.config
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
-        coordinator_pb2_grpc.add_CoordinatorServicer_to_server(SessionServicer(self.coordinator), server)
+        grants = self.exchange if isinstance(self.exchange, Grants) else None
+        servicer = SessionServicer(self.coordinator, grants)
+        coordinator_pb2_grpc.add_CoordinatorServicer_to_server(servicer, server)
+        address = f"{cfg.grpc_host}:{cfg.grpc_port}"
         try:
-            port = server.add_insecure_port(f"{cfg.grpc_host}:{cfg.grpc_port}")
+            if self.tls is None:
+                port = server.add_insecure_port(address)
+            else:
+                port = server.add_secure_port(address, self.tls.server_credentials())
         except RuntimeError:
             port = 0
         if not port:
@@ -324,16 +459,67 @@ class CoordinatorService:
             status.stop()
 
 
-def _initial_weights(config: SessionConfig, storage: SessionStorage) -> ndarray:
+class Tls:
+    """The session's TLS key pair (files next to the config) and its certificate's SHA-256 fingerprint."""
+
+    def __init__(self, cert: bytes, key: bytes) -> None:
+        self.cert, self.key = cert, key
+        try:
+            self.fingerprint = certificate_fingerprint(cert.decode())
+        except ValueError:
+            raise ConfigError("channel.tls_cert", "a PEM certificate") from None
+
+    @classmethod
+    def load(cls, config: SessionConfig, directory: Path) -> Tls:
+        """The key pair next to the config; ConfigError unless both are readable and belong together."""
+        assert config.channel is not None
+        paths = {
+            "channel.tls_cert": directory / config.channel.tls_cert,
+            "channel.tls_key": directory / config.channel.tls_key,
+        }
+        contents = []
+        for name, path in paths.items():
+            try:
+                contents.append(path.read_bytes())
+            except OSError as exc:
+                raise ConfigError(
+                    name, "a readable PEM file next to the config", f"{path.name} ({exc.strerror})"
+                ) from None
+        tls = cls(*contents)
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(*paths.values())
+        except ssl.SSLError:
+            raise ConfigError("channel.tls_key", "the PEM private key of channel.tls_cert") from None
+        return tls
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials([(self.key, self.cert)])
+
+
+def _exchange(config: SessionConfig, directory: Path) -> tuple[Exchange, Tls | None]:
+    """The session's storage and TLS: grants and key pair next to the config (``stock_sdk``: the bucket,
+    no TLS)."""
+    if config.channel is None:
+        bucket = BucketExchange(config.storage)
+        bucket.check()
+        return bucket, None
+    grants = Grants.load(config.storage, directory / config.channel.grants)
+    grants.check([participant_id(seat.address) for seat in config.channel.seats])
+    return grants, Tls.load(config, directory)
+
+
+def _initial_weights(config: SessionConfig, exchange: Exchange) -> ndarray:
     """Round-0 weights: the warm-start model's ``weights`` array, or the model's fresh initialization."""
     fresh = models.initial_weights(config.model)
     if config.initial_model is None:
         return fresh
-    bucket, key = parse_s3_url(config.initial_model, "initial_model")
     try:
-        arrays = load_npz(get_bytes(storage.s3, bucket, key), "initial_model")
+        arrays = load_npz(exchange.read_initial(config.initial_model), "initial_model")
     except (StorageError, RefusedPayload) as exc:
-        raise StorageError(f"initial_model: {exc}") from None
+        message = str(exc)
+        raise StorageError(
+            message if message.startswith("initial_model") else f"initial_model: {message}"
+        ) from None
     weights = arrays.get("weights")
     if weights is None or weights.ndim != 1 or weights.dtype.kind != "f":
         raise StorageError("initial_model: expected a 1-D float array 'weights' in the .npz")
@@ -350,9 +536,8 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure()
     try:
         config = load(args.config)
-        storage = SessionStorage(config.storage)
-        storage.check()
-        weights = _initial_weights(config, storage)
+        exchange, tls = _exchange(config, args.config.parent)
+        weights = _initial_weights(config, exchange)
     except (ConfigError, StorageError) as exc:
         print(f"coordinator: error: {exc}", file=sys.stderr, flush=True)
         return ExitCode.BAD_INPUT
@@ -360,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        service = CoordinatorService(config, storage, weights)
+        service = CoordinatorService(config, exchange, weights, tls)
         return service.run(stop, args.status_file)
     except ConfigError as exc:
         print(f"coordinator: error: {exc}", file=sys.stderr, flush=True)

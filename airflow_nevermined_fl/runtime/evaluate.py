@@ -10,10 +10,20 @@ import argparse
 import hashlib
 import json
 import sys
+from pathlib import Path
 
 from airflow_nevermined_fl.runtime.models import SoftmaxRegression, validate_data
-from airflow_nevermined_fl.runtime.participant import load_data
 from airflow_nevermined_fl.runtime.storage import StorageError, client, get_bytes, load_npz, parse_s3_url
+
+
+def _read(location: str, endpoint: str | None, name: str) -> bytes:
+    """A local file, or an ``s3://`` object read with the environment's keys."""
+    if location.startswith("s3://"):
+        return get_bytes(client(endpoint), *parse_s3_url(location, name))
+    try:
+        return Path(location).read_bytes()
+    except OSError as exc:
+        raise StorageError(f"{name}: cannot read {location!r} ({exc.strerror})") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,13 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--s3-endpoint", help="S3 endpoint URL (default: $AWS_ENDPOINT_URL)")
     args = parser.parse_args(argv)
     try:
-        bucket, key = parse_s3_url(args.model, "--model")
-        body = get_bytes(client(args.s3_endpoint), bucket, key)
+        body = _read(args.model, args.s3_endpoint, "--model")
         digest = hashlib.sha256(body).hexdigest()
         if args.sha256 and digest != args.sha256:
             raise StorageError(f"--model: sha256 {digest} does not match the expected {args.sha256}")
         arrays = load_npz(body, "--model")
-        data = load_data(args.data, args.s3_endpoint)
+        data = load_npz(_read(args.data, args.s3_endpoint, "--data"), "--data")
         validate_data(data, "--data")
     except (StorageError, ValueError) as exc:
         print(f"evaluate: error: {exc}", file=sys.stderr)

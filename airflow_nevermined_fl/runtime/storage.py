@@ -1,40 +1,58 @@
-"""S3 storage of the runtime: weight exchange (xain 0.6 key layout), data shards, and the final model.
+"""Storage of the runtime: the weight exchange, data shards and the final model.
 
-Keys under the session prefix, as xain 0.6 lays them out: ``{round}/global`` (coordinator) and
-``{round}/{participant uuid}`` (participants); stock xain-sdk participants know no prefix, so sessions with
-stock participants use ``prefix ""``. Every weight read goes through :mod:`.safe_pickle`. Credentials
-come only from ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``; the endpoint from the config or
-``AWS_ENDPOINT_URL``.
+A secure session holds no storage key: its coordinator gets *grants* (presigned URLs, one per object and
+method, issued by its provider's gateway) and hands each participant, per round, a grant to read the
+global model and one to write its own upload (:class:`Grants`). Objects under the session prefix:
+``global.npy``, ``uploads/<participant>.npy``, ``model/final.npz``, ``model/metadata.json``; weights are
+``.npy`` read by :mod:`.arrays`, checked against the session's model before anything is allocated.
+
+A ``stock_sdk`` session (insecure) uses the bucket with the environment's keys
+(``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, endpoint from the config or ``AWS_ENDPOINT_URL``) in xain
+0.6's layout, ``{round}/global`` and ``{round}/{participant uuid}`` as pickles (:class:`BucketExchange`).
+Every read is bounded while it streams (no size taken from a header).
 """
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import io
 import json
+import math
 import os
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import boto3
 import numpy as np
+import requests
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 from numpy import ndarray
-from xain_fl.coordinator.store import AbstractGlobalWeightsWriter, AbstractLocalWeightsReader
-from xain_sdk.store import AbstractGlobalWeightsReader, AbstractLocalWeightsWriter
 
+from airflow_nevermined_fl.runtime import arrays
+from airflow_nevermined_fl.runtime.arrays import ArraySpec, RefusedPayload
 from airflow_nevermined_fl.runtime.config import StorageSpec
-from airflow_nevermined_fl.runtime.safe_pickle import (
-    DEFAULT_MAX_BYTES,
-    RefusedPayload,
-    dumps_array,
-    loads_array,
-)
 
 MODEL_KEY = "model/final.npz"
 METADATA_KEY = "model/metadata.json"
+GLOBAL_KEY = "global.npy"
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+HTTP_TIMEOUT = (10.0, 60.0)  # connect, read
+
+
+def byte_limit(spec: ArraySpec) -> int:
+    """The most bytes a weights object of ``spec`` may take (a stock pickle may double the raw size)."""
+    if spec.shape is None:
+        return DEFAULT_MAX_BYTES
+    return 2 * math.prod(spec.shape) * np.dtype(spec.dtype).itemsize + 4096
+
+
+def upload_key(participant: str) -> str:
+    """A participant's upload object in a secure session."""
+    return f"uploads/{participant}.npy"
 
 
 class StorageError(ValueError):
@@ -83,17 +101,38 @@ def check_bucket(s3: Any, bucket: str, name: str = "storage.bucket") -> None:
 
 
 def get_bytes(s3: Any, bucket: str, key: str, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
-    """Object bytes; refuses objects larger than ``max_bytes`` before downloading them."""
+    """Object bytes, refused as soon as more than ``max_bytes`` arrived."""
     try:
-        head = s3.head_object(Bucket=bucket, Key=key)
-        if int(head["ContentLength"]) > max_bytes:
-            raise RefusedPayload(f"s3://{bucket}/{key} is {head['ContentLength']} bytes (limit {max_bytes})")
-        return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+        with body:
+            return arrays.read_bounded(body, max_bytes, f"s3://{bucket}/{key}")
     except ClientError as exc:
         code = str(exc.response.get("Error", {}).get("Code"))
         raise StorageError(f"s3://{bucket}/{key}: cannot read ({code})") from None
     except BotoCoreError as exc:
         raise StorageError(f"s3://{bucket}/{key}: cannot read ({type(exc).__name__})") from None
+
+
+def http_get(url: str, name: str, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """The body of a granted GET (bounded while it streams); errors name ``name``, never the URL (a
+    grant is a credential)."""
+    try:
+        with requests.get(url, stream=True, timeout=HTTP_TIMEOUT) as response:
+            if response.status_code != 200:
+                raise StorageError(f"{name}: cannot read (HTTP {response.status_code})")
+            return arrays.read_bounded(response.raw, max_bytes, name)
+    except requests.RequestException as exc:
+        raise StorageError(f"{name}: cannot read ({type(exc).__name__})") from None
+
+
+def http_put(url: str, name: str, body: bytes, content_type: str = "application/octet-stream") -> None:
+    """A granted PUT; errors name ``name``, never the URL."""
+    try:
+        response = requests.put(url, data=body, headers={"Content-Type": content_type}, timeout=HTTP_TIMEOUT)
+    except requests.RequestException as exc:
+        raise StorageError(f"{name}: cannot write ({type(exc).__name__})") from None
+    if response.status_code != 200:
+        raise StorageError(f"{name}: cannot write (HTTP {response.status_code})")
 
 
 def load_npz(data: bytes, name: str) -> dict[str, ndarray]:
@@ -105,37 +144,29 @@ def load_npz(data: bytes, name: str) -> dict[str, ndarray]:
         raise StorageError(f"{name}: not a readable .npz ({type(exc).__name__}: {exc})") from None
 
 
-class SessionStorage:
-    """One session's objects under ``spec.prefix`` in ``spec.bucket``."""
+class Exchange(abc.ABC):
+    """Where one session's weights and final model go: ``spec.prefix`` in ``spec.bucket``."""
 
-    def __init__(self, spec: StorageSpec, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(self, spec: StorageSpec) -> None:
         self.spec = spec
-        self.max_bytes = max_bytes
-        self.s3 = client(spec.endpoint)
 
-    def check(self) -> None:
-        check_bucket(self.s3, self.spec.bucket)
+    @abc.abstractmethod
+    def put(self, name: str, body: bytes, content_type: str = "application/octet-stream") -> None: ...
 
-    def put(self, name: str, body: bytes, content_type: str = "application/octet-stream") -> None:
-        self.s3.put_object(
-            Bucket=self.spec.bucket, Key=self.spec.key(name), Body=body, ContentType=content_type
-        )
+    @abc.abstractmethod
+    def write_global(self, round_: int, weights: ndarray) -> None: ...
 
-    def get_array(self, name: str) -> ndarray:
-        """A pickled weight array through the allow-listed unpickler (missing/oversized -> refused)."""
-        try:
-            data = get_bytes(self.s3, self.spec.bucket, self.spec.key(name), self.max_bytes)
-        except StorageError as exc:
-            raise RefusedPayload(str(exc)) from None
-        return loads_array(data, self.max_bytes)
+    @abc.abstractmethod
+    def read_upload(self, participant: str, round_: int, spec: ArraySpec) -> ndarray: ...
 
-    def put_array(self, name: str, weights: ndarray) -> None:
-        self.put(name, dumps_array(weights))
+    @abc.abstractmethod
+    def read_initial(self, url: str) -> bytes:
+        """The warm-start model file ``url`` (an ``s3://`` URL)."""
 
-    def write_final(self, arrays: dict[str, ndarray], metadata: dict[str, Any]) -> dict[str, str]:
+    def write_final(self, model: dict[str, ndarray], metadata: dict[str, Any]) -> dict[str, str]:
         """Write the final model ``.npz`` and its metadata JSON; returns url, sha256, metadata_url."""
         buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
+        np.savez(buffer, **model)
         body = buffer.getvalue()
         sha256 = hashlib.sha256(body).hexdigest()
         self.put(MODEL_KEY, body)
@@ -149,46 +180,134 @@ class SessionStorage:
         return result
 
 
-class GlobalWeightsWriter(AbstractGlobalWeightsWriter):
-    """Coordinator side: ``{round}/global`` as a plain-array pickle (what stock participants read)."""
+class Grants(Exchange):
+    """A secure session's storage: presigned URLs only (``grants.json``: ``{"objects": {name: {"get"|"put":
+    url}}, "initial_model": {"get": url}}``), no key. Remembers the last global model's SHA-256, which the
+    participants check what they read against."""
 
-    def __init__(self, storage: SessionStorage) -> None:
-        self.storage = storage
+    def __init__(self, spec: StorageSpec, grants: dict[str, Any]) -> None:
+        super().__init__(spec)
+        self.objects: dict[str, dict[str, str]] = grants.get("objects") or {}
+        self.initial: dict[str, str] = grants.get("initial_model") or {}
+        self.global_sha256 = ""
+
+    @classmethod
+    def load(cls, spec: StorageSpec, path: Path) -> Grants:
+        try:
+            grants = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise StorageError(f"channel.grants: cannot read {path.name} ({type(exc).__name__})") from None
+        expected = '{"objects": {name: {"get"|"put": url}}, "initial_model": {"get": url}}'
+        objects = grants.get("objects") if isinstance(grants, dict) else None
+        sections = [*(objects or {}).values(), grants.get("initial_model") or {}] if objects else []
+        if not isinstance(objects, dict) or not all(
+            isinstance(section, dict) and all(isinstance(url, str) for url in section.values())
+            for section in sections
+        ):
+            raise StorageError(f"channel.grants: expected {expected}")
+        return cls(spec, grants)
+
+    def url(self, name: str, method: str) -> str:
+        try:
+            return self.objects[name][method]
+        except KeyError:
+            raise StorageError(f"channel.grants: no {method.upper()} grant for {name}") from None
+
+    def check(self, participants: list[str]) -> None:
+        """Fail unless every object the session writes or reads has its grant."""
+        for name, method in [
+            (GLOBAL_KEY, "put"),
+            (GLOBAL_KEY, "get"),
+            (MODEL_KEY, "put"),
+            (METADATA_KEY, "put"),
+        ]:
+            self.url(name, method)
+        for participant in participants:
+            self.url(upload_key(participant), "get")
+            self.url(upload_key(participant), "put")
+
+    def round_grants(self, participant: str) -> dict[str, str]:
+        """What a selected participant needs for a round: read the global model, write its upload."""
+        return {
+            "global_url": self.url(GLOBAL_KEY, "get"),
+            "global_sha256": self.global_sha256,
+            "upload_url": self.url(upload_key(participant), "put"),
+        }
+
+    def put(self, name: str, body: bytes, content_type: str = "application/octet-stream") -> None:
+        http_put(self.url(name, "put"), name, body, content_type)
+
+    def write_global(self, round_: int, weights: ndarray) -> None:
+        body = arrays.encode(np.asarray(weights, dtype=np.float64))
+        self.put(GLOBAL_KEY, body)
+        self.global_sha256 = hashlib.sha256(body).hexdigest()
+
+    def read_upload(self, participant: str, round_: int, spec: ArraySpec) -> ndarray:
+        name = upload_key(participant)
+        try:
+            data = http_get(self.url(name, "get"), name, byte_limit(spec))
+        except StorageError as exc:
+            raise RefusedPayload(str(exc)) from None
+        return arrays.decode(data, spec, byte_limit(spec))
+
+    def read_initial(self, url: str) -> bytes:
+        if "get" not in self.initial:
+            raise StorageError("initial_model: no GET grant for it in channel.grants")
+        return http_get(self.initial["get"], "initial_model")
+
+
+class BucketExchange(Exchange):
+    """A ``stock_sdk`` session's storage: the bucket, with the environment's keys, in xain 0.6's layout."""
+
+    def __init__(self, spec: StorageSpec, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        super().__init__(spec)
+        self.max_bytes = max_bytes
+        self.s3 = client(spec.endpoint)
+
+    def check(self) -> None:
+        check_bucket(self.s3, self.spec.bucket)
+
+    def put(self, name: str, body: bytes, content_type: str = "application/octet-stream") -> None:
+        self.s3.put_object(
+            Bucket=self.spec.bucket, Key=self.spec.key(name), Body=body, ContentType=content_type
+        )
+
+    def write_global(self, round_: int, weights: ndarray) -> None:
+        self.put(f"{round_}/global", arrays.dumps_pickle(weights))
+
+    def read_upload(self, participant: str, round_: int, spec: ArraySpec) -> ndarray:
+        if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", participant):
+            raise RefusedPayload(f"participant id {participant[:80]!r} is not a uuid")
+        try:
+            data = get_bytes(
+                self.s3, self.spec.bucket, self.spec.key(f"{round_}/{participant}"), byte_limit(spec)
+            )
+        except StorageError as exc:
+            raise RefusedPayload(str(exc)) from None
+        return arrays.loads_pickle(data, spec, byte_limit(spec))
+
+    def read_initial(self, url: str) -> bytes:
+        bucket, key = parse_s3_url(url, "initial_model")
+        return get_bytes(self.s3, bucket, key)
+
+
+class GlobalWeightsWriter:
+    """xain's global weights writer on an :class:`Exchange`."""
+
+    def __init__(self, exchange: Exchange) -> None:
+        self.exchange = exchange
 
     def write_weights(self, round: int, weights: ndarray) -> None:  # noqa: A002 - xain's signature
-        self.storage.put_array(f"{round}/global", weights)
+        self.exchange.write_global(round, weights)
 
 
-class LocalWeightsReader(AbstractLocalWeightsReader):
-    """Coordinator side: a participant's upload, allow-list unpickled then checked by ``validate``."""
+class LocalWeightsReader:
+    """xain's reader of a participant's upload on an :class:`Exchange`: refused unless it is a finite array
+    of what ``spec()`` expects, checked before it is allocated."""
 
-    def __init__(self, storage: SessionStorage, validate: Callable[[ndarray], None]) -> None:
-        self.storage = storage
-        self.validate = validate
+    def __init__(self, exchange: Exchange, spec: Callable[[], ArraySpec]) -> None:
+        self.exchange = exchange
+        self.spec = spec
 
     def read_weights(self, participant_id: str, round: int) -> ndarray:  # noqa: A002 - xain's signature
-        if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", participant_id):
-            raise RefusedPayload(f"participant id {participant_id[:80]!r} is not a uuid")
-        weights = self.storage.get_array(f"{round}/{participant_id}")
-        self.validate(weights)
-        return weights
-
-
-class LocalWeightsWriter(AbstractLocalWeightsWriter):
-    """Participant side: ``{round}/{participant uuid}``."""
-
-    def __init__(self, storage: SessionStorage) -> None:
-        self.storage = storage
-
-    def write_weights(self, participant_id: str, round: int, weights: ndarray) -> None:  # noqa: A002
-        self.storage.put_array(f"{round}/{participant_id}", weights)
-
-
-class GlobalWeightsReader(AbstractGlobalWeightsReader):
-    """Participant side: ``{round}/global``, through the allow-listed unpickler as well."""
-
-    def __init__(self, storage: SessionStorage) -> None:
-        self.storage = storage
-
-    def read_weights(self, round: int) -> ndarray:  # noqa: A002 - xain's signature
-        return self.storage.get_array(f"{round}/global")
+        return self.exchange.read_upload(participant_id, round, self.spec())

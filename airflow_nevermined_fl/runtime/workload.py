@@ -70,19 +70,22 @@ def coordinator_args(config: str, status_file: str | None = None) -> list[str]:
 
 def participant_args(
     coordinator: str,
-    data: str,
-    storage: str,
+    cert: str,
+    seat: str,
     *,
-    s3_endpoint: str | None = None,
+    data: str | None = None,
+    data_url_file: str | None = None,
     model: str | None = None,
     heartbeat: float | None = None,
     num_classes: int | None = None,
     seed: int | None = None,
 ) -> list[str]:
-    """The participant's arguments (``None``: the participant's default); see ``participant --help``."""
-    args = ["--coordinator", coordinator, "--data", data, "--storage", storage]
+    """The participant's arguments (``None``: the participant's default); see ``participant --help``.
+    ``cert``, ``seat`` and ``data_url_file`` are files (the last two secret); ``data`` a local path."""
+    args = ["--coordinator", coordinator, "--coordinator-cert", cert, "--seat-file", seat]
     options = {
-        "--s3-endpoint": s3_endpoint,
+        "--data": data,
+        "--data-url-file": data_url_file,
         "--model": model,
         "--heartbeat": heartbeat,
         "--num-classes": num_classes,

@@ -142,9 +142,9 @@ class _CoordinatorSensor(SessionOperator, BaseSensorOperator):
 
 class WaitForCoordinatorSensor(_CoordinatorSensor):
     """Until the coordinator's gateway reports it serving (fails at once when its execution ended); then
-    its URL and the session's storage are published in the coordinator's workflow DDO (where the
-    participants' gateways read them). A coordinator usually serves within a second or two: when
-    deferrable, it is probed for ``probe_seconds`` (default 3) before the wait defers."""
+    its URL and certificate, as its provider signed them, are published in the coordinator's workflow DDO
+    (where the participants' gateways check and read them). A coordinator usually serves within a second
+    or two: when deferrable, it is probed for ``probe_seconds`` (default 3) before the wait defers."""
 
     template_fields = ("session", "coordinator", "workflow")
 
@@ -162,11 +162,13 @@ class WaitForCoordinatorSensor(_CoordinatorSensor):
 
     def on_event(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         execution = event["execution"]
-        url, storage = execution["coordinator_url"], execution["storage"]
+        url, announcement = execution["coordinator_url"], execution["announcement"]
         did = self.workflow["coordinator_did"]
-        metadata_store(self.conf["storage_conn_id"]).annotate(did, coordinatorUrl=url, sessionStorage=storage)
-        self.log.info("coordinator up at %s; recorded in %s", url, did)
-        return {**self.coordinator, "coordinator_url": url, "storage": storage}
+        metadata_store(self.conf["storage_conn_id"]).annotate(
+            did, coordinatorUrl=url, coordinatorAnnouncement=announcement
+        )
+        self.log.info("coordinator up at %s; its signed announcement recorded in %s", url, did)
+        return {**self.coordinator, "coordinator_url": url}
 
 
 class WaitForRoundsSensor(_CoordinatorSensor):

@@ -66,14 +66,15 @@ def ended(status: dict[str, Any]) -> str | None:
 
 
 def serving_event(answer: Answer) -> dict[str, Any] | None:
-    """The URL wait's event for one answer: success once the gateway reports the coordinator's URL (it
-    answers its health check), an error once its execution ended or the gateway refused; else None."""
+    """The URL wait's event for one answer: success once the gateway reports the coordinator's URL and
+    signed announcement (it answers its health check), an error once its execution ended or the gateway
+    refused; else None."""
     if isinstance(answer, GatewayError):
         return {"status": "error", "message": str(answer)}
     gone = ended(answer) if answer else None
     if gone:
         return {"status": "error", "message": f"{gone} before serving"}
-    if answer and answer.get("coordinator_url"):
+    if answer and answer.get("coordinator_url") and answer.get("announcement"):
         return {"status": "success", "execution": answer}
     return None
 

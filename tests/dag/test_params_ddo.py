@@ -68,12 +68,16 @@ def test_bad_conf_names_the_field(conf: dict[str, Any], message: str) -> None:
 
 def test_ddo_checksum_covers_main_only_and_detects_tampering() -> None:
     conf = validate_conf(PROVIDERS)
-    main = ddo.coordinator_main(conf, "fl-abc", "0x" + "11" * 20, "0x" + "22" * 20)
+    main = ddo.coordinator_main(conf, "fl-abc", "0x" + "11" * 20, "0x" + "22" * 20, ["did:nv:" + "cc" * 32])
     doc = ddo.build("did:nv:" + "ab" * 32, "0x" + "11" * 20, main)
     assert doc["proof"]["checksum"] == ddo.checksum(main) == ddo.ddo_checksum(doc)
     assert main["type"] == "fl-coordinator"
     params = main["parameters"]
     assert (params["rounds"], params["minParticipants"], params["participantsRatio"]) == (3, 3, 1.0)
+    assert (
+        params["participants"] == ["did:nv:" + "cc" * 32]
+        and params["sessionTimeout"] == conf["session_timeout"]
+    )
     assert (
         main["workflow"]["coordinator"]["entrypoint"] == "python -m airflow_nevermined_fl.runtime.coordinator"
     )
@@ -86,7 +90,9 @@ def test_ddo_checksum_covers_main_only_and_detects_tampering() -> None:
 
 def test_ddos_hold_only_public_values() -> None:
     conf = validate_conf(PROVIDERS)
-    coordinator = ddo.coordinator_main(conf, "fl-abc", "0x" + "11" * 20, "0x" + "22" * 20)
+    coordinator = ddo.coordinator_main(
+        conf, "fl-abc", "0x" + "11" * 20, "0x" + "22" * 20, ["did:nv:" + "cc" * 32]
+    )
     participant = ddo.participant_main(
         "fl-abc",
         "0x" + "11" * 20,

@@ -181,16 +181,13 @@ def test_rounds_sensor_fails_fast(
 def test_url_sensor_records_the_coordinator_then_fails_on_exit_or_timeout(
     serve: Serve, annotated: list[tuple[str, dict[str, Any]]]
 ) -> None:
-    serving = running({"state": "STANDBY"}, coordinator_url="127.0.0.1:5000", storage="s3://nvfl/s-1")
+    announcement = {"session_id": "s-1", "url": "127.0.0.1:5000", "tls_cert": "PEM", "signature": "0x1"}
+    serving = running({"state": "STANDBY"}, coordinator_url="127.0.0.1:5000", announcement=announcement)
     server = serve(lambda n: serving if n > 2 else running(None))
     result = url_sensor(server.url).execute(context())
-    assert result == {
-        **coordinator(server.url),
-        "coordinator_url": "127.0.0.1:5000",
-        "storage": "s3://nvfl/s-1",
-    }
+    assert result == {**coordinator(server.url), "coordinator_url": "127.0.0.1:5000"}
     assert annotated == [
-        ("did:nv:" + "c0" * 32, {"coordinatorUrl": "127.0.0.1:5000", "sessionStorage": "s3://nvfl/s-1"})
+        ("did:nv:" + "c0" * 32, {"coordinatorUrl": "127.0.0.1:5000", "coordinatorAnnouncement": announcement})
     ]
 
     exited = serve(lambda n: running(None, state="failed", exit_code=2))
@@ -256,7 +253,8 @@ def test_deferrable_sensors_check_once_then_defer_to_their_triggers(
     serve: Serve, monkeypatch: pytest.MonkeyPatch, annotated: list[tuple[str, dict[str, Any]]]
 ) -> None:
     monkeypatch.setenv(DEFERRABLE_ENV, "True")
-    serving = running({"state": "STANDBY"}, coordinator_url="127.0.0.1:5000", storage="s3://nvfl/s-1")
+    announcement = {"session_id": "s-1", "url": "127.0.0.1:5000", "tls_cert": "PEM", "signature": "0x1"}
+    serving = running({"state": "STANDBY"}, coordinator_url="127.0.0.1:5000", announcement=announcement)
     server = serve(lambda n: serving if n > 1 else running(None))
     sensor, ctx = url_sensor(server.url, deferrable=None, probe_seconds=0), context()
     with pytest.raises(TaskDeferred) as deferred:

@@ -164,12 +164,17 @@ def test_no_secrets_or_dataset_locations_on_the_consumer_side(
     assert_no_secrets(stack, *consumer_side)
     for location in dataset_locations(stack):
         assert not any(location in text for text in consumer_side), location
-    # The provider side's records and workload logs hold no key either.
+    # The provider side's records and workload logs hold no key either; a workload's own credentials (its
+    # storage grants, TLS key, seat ticket) are files only it can read, holding no storage secret key.
     workloads = gateway_workloads(stack, {p["agreement"]["agreement_id"] for p in payments(summary)})
-    records = [Path(w.details["dir"]) for _, w in workloads]
-    assert_no_secrets(
-        stack, *(p.read_text() for d in records for p in d.iterdir() if p.suffix in (".json", ".log"))
-    )
+    files = [f for _, w in workloads for f in Path(w.details["dir"]).iterdir()]
+    credentials = [f for f in files if f.name in ("grants.json", "tls.key", "seat", "data-url")]
+    assert {f.name for f in credentials} >= {"grants.json", "tls.key", "seat"}
+    assert all(f.stat().st_mode & 0o077 == 0 for f in credentials)
+    secret_key = stack.secrets()[-2]  # the S3 secret access key
+    assert not any(secret_key in f.read_text() for f in credentials)
+    logs_and_records = [f for f in files if f.suffix in (".json", ".log") and f not in credentials]
+    assert_no_secrets(stack, *(f.read_text() for f in logs_and_records))
 
 
 def test_the_consumer_side_holds_exactly_one_private_key(stack: Stack) -> None:

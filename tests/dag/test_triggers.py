@@ -182,8 +182,16 @@ def test_rounds_detect_an_unreachable_gateway(serve: Callable[[Script], GatewayS
 
 
 def test_url_trigger_serving_missing_and_exited(serve: Callable[[Script], GatewayServer]) -> None:
+    announced = {"coordinator_url": "127.0.0.1:5000", "announcement": {"url": "127.0.0.1:5000"}}
+    # serving once the gateway has both the URL and its signed announcement
     server = serve(
-        lambda n: running({"state": "STANDBY"}, coordinator_url="127.0.0.1:5000") if n > 2 else running(None)
+        lambda n: (
+            running({"state": "STANDBY"}, **announced)
+            if n > 3
+            else running({"state": "STANDBY"}, coordinator_url="127.0.0.1:5000")
+            if n > 1
+            else running(None)
+        )
     )
     event = run_inline(CoordinatorUrlTrigger(**gateway(server.url), timeout=5, poll_interval=0.05))
     assert event["status"] == "success" and event["execution"]["coordinator_url"] == "127.0.0.1:5000"

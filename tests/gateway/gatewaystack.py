@@ -233,8 +233,9 @@ class Consumer:
         self.put_ddo(doc)
 
     def coordinator_workflow(
-        self, gateway: Gateway, session_id: str, model: dict[str, Any], **conf: Any
+        self, gateway: Gateway, session_id: str, model: dict[str, Any], participants: list[str], **conf: Any
     ) -> str:
+        """A coordinator workflow seating the providers of the ``participants`` asset DIDs."""
         settings = {
             "rounds": 1,
             "epochs": 1,
@@ -243,10 +244,11 @@ class Consumer:
             "model": model,
             "heartbeat": 0.5,
             "stall_timeout": 60,
+            "session_timeout": 600,
             "initial_model": None,
             **conf,
         }
-        main = ddo.coordinator_main(settings, session_id, self.address, gateway.address)
+        main = ddo.coordinator_main(settings, session_id, self.address, gateway.address, participants)
         return self.publish_workflow(main, gateway.address)
 
     def participant_workflow(

@@ -16,18 +16,21 @@ from airflow_nevermined_fl import process
 from airflow_nevermined_fl.devtools import data
 from airflow_nevermined_fl.gateway.launchers import Workload
 from airflow_nevermined_fl.gateway.launchers.local import LocalLauncher
+from airflow_nevermined_fl.protocol import announce
 from airflow_nevermined_fl.protocol.client import GatewayClient, GatewayError
 
 
 def test_coordinator_execute_status_logs_stop(
     coordinator_gw: Gateway,
+    data_gw: Gateway,
     consumer: Consumer,
     manifest: dict[str, Any],
     seaweed: dict[str, Any],
     session_id: str,
     secrets_of: list[str],
 ) -> None:
-    workflow = consumer.coordinator_workflow(coordinator_gw, session_id, data.softmax_model(manifest))
+    seats = [data_gw.asset("provider-1-s3")["did"]]
+    workflow = consumer.coordinator_workflow(coordinator_gw, session_id, data.softmax_model(manifest), seats)
     agreement = consumer.agreement(coordinator_gw, "coordinator")
     agreement_id, client = agreement["agreement_id"], consumer.client(coordinator_gw)
 
@@ -45,10 +48,7 @@ def test_coordinator_execute_status_logs_stop(
     assert (
         started["did"] == coordinator_gw.asset("coordinator")["did"] and started["session_id"] == session_id
     )
-    assert started["storage"] == {
-        "endpoint_url": seaweed["endpoint"],
-        "url": f"s3://nvfl/sessions/{session_id}",
-    }
+    assert started["announcement"] is None  # signed once the coordinator serves
     assert started["settlement"] == {"compute_tx": None, "release_tx": None, "settled": False, "error": None}
 
     retried = client.execute(agreement, workflow)
@@ -59,6 +59,10 @@ def test_coordinator_execute_status_logs_stop(
         lambda: (s := client.status(agreement_id))["coordinator_url"] and s, 60, "coordinator up"
     )
     assert status["coordinator_url"] == status["coordinator"]["grpc"]
+    announced = announce.verify(
+        status["announcement"], provider=coordinator_gw.address, session_id=session_id
+    )
+    assert announced["url"] == status["coordinator_url"] and "PRIVATE KEY" not in json.dumps(status)
     assert (status["state"], status["coordinator"]["state"]) == ("running", "STANDBY")
     assert status["coordinator"]["session_id"] == session_id
     assert client.info()["capacity"]["running"] >= 1

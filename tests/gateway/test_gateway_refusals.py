@@ -17,7 +17,9 @@ from gatewaystack import Consumer, Gateway
 
 from airflow_nevermined_fl.contracts.client import connect
 from airflow_nevermined_fl.devtools import data
-from airflow_nevermined_fl.protocol import API, auth
+from airflow_nevermined_fl.devtools.devstack import chain
+from airflow_nevermined_fl.gateway.channel import key_pair
+from airflow_nevermined_fl.protocol import API, announce, auth
 from airflow_nevermined_fl.protocol.client import GatewayClient, GatewayError
 
 
@@ -27,10 +29,11 @@ def _signer(account: Any) -> Callable[[str], str]:
 
 @pytest.fixture
 def order(
-    consumer: Consumer, coordinator_gw: Gateway, manifest: dict[str, Any], session_id: str
+    consumer: Consumer, coordinator_gw: Gateway, data_gw: Gateway, manifest: dict[str, Any], session_id: str
 ) -> dict[str, Any]:
     """A paid agreement on the coordinator asset and its workflow: a valid execute request."""
-    workflow = consumer.coordinator_workflow(coordinator_gw, session_id, data.softmax_model(manifest))
+    seats = [data_gw.asset("provider-1-s3")["did"]]
+    workflow = consumer.coordinator_workflow(coordinator_gw, session_id, data.softmax_model(manifest), seats)
     return {"agreement": consumer.agreement(coordinator_gw, "coordinator"), "workflow_did": workflow}
 
 
@@ -180,4 +183,45 @@ def test_participant_before_the_coordinator_is_published(
         ),
     }
     error = _execute_error(consumer.client(data_gw), participant)
-    _refused(data_gw, participant, 409, "coordinator not published yet", error)
+    _refused(data_gw, participant, 409, "coordinator not announced yet", error)
+
+
+@pytest.mark.parametrize(
+    ("forgery", "detail"),
+    [
+        ("consumer-signed", "announcement refused: signed by"),
+        ("other-session", "announcement refused: for session 'another-session'"),
+        ("tampered-url", "announcement refused: signed by"),
+    ],
+)
+def test_participant_refuses_a_coordinator_its_provider_did_not_announce(
+    data_gw: Gateway,
+    consumer: Consumer,
+    manifest: dict[str, Any],
+    order: dict[str, Any],
+    forgery: str,
+    detail: str,
+) -> None:
+    """Whoever writes the coordinator DDO's annotations (the consumer, or anyone with its storage) cannot
+    point participants at another coordinator: the announcement must be the coordinator provider's."""
+    coordinator_did = order["workflow_did"]
+    session_id = consumer.get_ddo(coordinator_did)["service"][0]["attributes"]["main"]["parameters"][
+        "sessionId"
+    ]
+    cert = key_pair(session_id, 600).cert_pem
+    provider_key = chain.account(chain.COORDINATOR_PROVIDER).key.to_0x_hex()
+    consumer_key = chain.account(chain.CONSUMER).key.to_0x_hex()
+    forged = {
+        "consumer-signed": announce.sign(consumer_key, session_id, "127.0.0.1:1", cert),
+        "other-session": announce.sign(provider_key, "another-session", "127.0.0.1:1", cert),
+        "tampered-url": {**announce.sign(provider_key, session_id, "127.0.0.1:1", cert), "url": "10.0.0.1:1"},
+    }[forgery]
+    consumer.annotate(coordinator_did, coordinatorUrl="127.0.0.1:1", coordinatorAnnouncement=forged)
+    participant = {
+        "agreement": consumer.agreement(data_gw, "provider-1"),
+        "workflow_did": consumer.participant_workflow(
+            data_gw, "provider-1", session_id, coordinator_did, data.softmax_model(manifest)
+        ),
+    }
+    error = _execute_error(consumer.client(data_gw), participant)
+    _refused(data_gw, participant, 409, detail, error)

@@ -24,16 +24,19 @@ def test_session_settled_by_the_providers(
     keeper = consumer.keeper
     before = {gw.name: keeper.token_balance(gw.address) for gw in (coordinator_gw, data_gw)}
 
-    coordinator_did = consumer.coordinator_workflow(coordinator_gw, session_id, model)
+    seats = [data_gw.asset("provider-1-s3")["did"]]
+    coordinator_did = consumer.coordinator_workflow(coordinator_gw, session_id, model, seats)
     coordinator = consumer.agreement(coordinator_gw, "coordinator")
     coordinator_client = consumer.client(coordinator_gw)
     coordinator_client.execute(coordinator, coordinator_did)
     up = wait_for(
-        lambda: (s := coordinator_client.status(coordinator["agreement_id"]))["coordinator_url"] and s,
+        lambda: (s := coordinator_client.status(coordinator["agreement_id"]))["announcement"] and s,
         60,
         "coordinator up",
     )
-    consumer.annotate(coordinator_did, coordinatorUrl=up["coordinator_url"], sessionStorage=up["storage"])
+    consumer.annotate(
+        coordinator_did, coordinatorUrl=up["coordinator_url"], coordinatorAnnouncement=up["announcement"]
+    )
 
     participant_did = consumer.participant_workflow(
         data_gw, "provider-1-s3", session_id, coordinator_did, model

@@ -67,14 +67,16 @@ def coordinator_spec(**overrides: Any) -> WorkloadSpec:
 
 
 def participant_spec(data: str = "/srv/fl-data/provider-1.npz", **overrides: Any) -> WorkloadSpec:
-    """What a participant's gateway asks for: no ports, no files, its dataset (path or s3 URL)."""
+    """What a participant's gateway asks for: no ports, the coordinator's certificate, its seat ticket
+    (secret file), its dataset (a path, or a granted URL: a secret file)."""
     return WorkloadSpec.participant(
         **{
             "labels": labels("participant", "provider-1"),
             "module": ddo.PARTICIPANT_MODULE,
             "coordinator": "nvfl-x.fl.svc:50051",
+            "cert_pem": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+            "ticket": "0x" + "ab" * 20 + "." + "cd" * 65,
             "dataset": data,
-            "storage": "s3://nvfl/sessions/s1",
             "options": {"model": "softmax", "heartbeat": 1.0},
             "secret_env": {"AWS_ACCESS_KEY_ID": "AKIDTEST", "AWS_SECRET_ACCESS_KEY": SECRET},
             "image": IMAGE,

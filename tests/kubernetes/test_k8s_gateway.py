@@ -19,6 +19,7 @@ from k8s_specs import IMAGE
 from airflow_nevermined_fl import ddo
 from airflow_nevermined_fl.devtools.devstack import chain, gateways
 from airflow_nevermined_fl.gateway.app import BACKEND_CONN_ID, launcher_for
+from airflow_nevermined_fl.gateway.channel import key_pair
 from airflow_nevermined_fl.gateway.checks import Refusal
 from airflow_nevermined_fl.gateway.config import GatewayConfigError, load, parse
 from airflow_nevermined_fl.gateway.executions import Executions
@@ -105,10 +106,12 @@ def test_a_refused_launch_names_no_dataset_location(
             "image": IMAGE.split(":")[0],
             "tag": "0",
         },
+        session_id="s-1",
         coordinator_url="203.0.113.7:30001",
-        session_storage={"url": "s3://nvfl/sessions/s-1", "endpoint_url": "http://203.0.113.8:8333"},
+        coordinator_cert=key_pair("s-1", 600).cert_pem,
         model={"name": "softmax", "num_classes": 10},
         heartbeat=1.0,
+        grant_seconds=600,
         dataset=HIDDEN_DATASET,
     )
     order = SimpleNamespace(

@@ -94,9 +94,11 @@ def test_session_lifecycle(api: FakeApiServer, conn: Callable[..., str]) -> None
     assert launcher.status(again).exit_code is None  # was running when deleted
     # the other run is untouched
     assert launcher.status(other).running
+    pod = other.details["pod"]  # a participant: its certificate (configmap), secret env and seat file
     assert run_objects(api, "fl_session", other_run) == {
-        "pods": [other.details["pod"]],
-        "secrets": [other.details["pod"]],
+        "pods": [pod],
+        "configmaps": [pod],
+        "secrets": [pod, f"{pod}-files"],
     }
     launcher.stop_run("fl_session", other_run)
     assert run_objects(api, "fl_session", other_run) == {}
@@ -163,7 +165,8 @@ def test_two_clusters_one_connection_each(tmp_path: Path, k8s_conn: Callable[...
         spec.args[spec.args.index("--coordinator") + 1] = coord.endpoints["grpc"]
         part = data_side.start(spec)
         assert {k[0] for k in compute.objects} == {"pods", "services", "configmaps", "secrets"}
-        assert {k[:2] for k in data.objects} == {("pods", "fl-data"), ("secrets", "fl-data")}
+        kinds = {k[:2] for k in data.objects}
+        assert kinds == {("pods", "fl-data"), ("configmaps", "fl-data"), ("secrets", "fl-data")}
         pod = data.objects[("pods", "fl-data", part.details["pod"])]
         assert pod["spec"]["containers"][0]["args"][1] == "198.51.100.10:50051"  # the published LB address
         claim = {"name": "dataset", "persistentVolumeClaim": {"claimName": "shards", "readOnly": True}}

@@ -148,7 +148,7 @@ def test_participant_pod_host_path_dataset() -> None:
     assert {"name": "dataset", "hostPath": {"path": "/srv/fl-data", "type": "Directory"}} in ps["volumes"]
     assert {"name": "dataset", "mountPath": "/srv/fl-data", "readOnly": True} in container["volumeMounts"]
     assert "readinessProbe" not in container and container["ports"] == []
-    assert "files" not in [v["name"] for v in ps["volumes"]]
+    assert [v["name"] for v in ps["volumes"]] == ["work", "files", "secret-files", "dataset"]
     assert pod["metadata"]["labels"][m.L_ROLE] == "participant"
 
 
@@ -164,12 +164,14 @@ def test_participant_pod_pvc_dataset() -> None:
 
 
 def test_participant_pod_s3_dataset_minimal_config() -> None:
-    """Dataset fetched by the participant itself (s3 URL, keys from the secret); default config."""
+    """Dataset fetched by the participant itself (a granted URL, in its secret files); default config."""
     cfg = parse("nvfl_k8s_test", {})
-    pod = m.pod(participant_spec("s3://nvfl/data/provider-1.npz"), cfg)
+    spec = participant_spec("http://s3.example:8333/nvfl/data/provider-1.npz?X-Amz-Signature=ab")
+    pod = m.pod(spec, cfg)
     validate(pod)
     assert pod["metadata"]["namespace"] == "default"
-    assert [v["name"] for v in pod["spec"]["volumes"]] == ["work"]
+    assert [v["name"] for v in pod["spec"]["volumes"]] == ["work", "files", "secret-files"]
+    assert "X-Amz-Signature" not in json.dumps(pod) and "data-url" in spec.secret_files
     for key in ("serviceAccountName", "imagePullSecrets", "nodeSelector", "tolerations"):
         assert key not in pod["spec"]
     assert "resources" not in pod["spec"]["containers"][0]

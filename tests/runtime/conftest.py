@@ -1,4 +1,5 @@
-"""Runtime fixtures: the FL venv, S3 access to the shared SeaweedFS (``seaweed``), demo shards."""
+"""Runtime fixtures: the FL venv, S3 access to the shared SeaweedFS (``seaweed``), demo shards, and secure
+session configs (:class:`SessionChannel`: TLS key pair, seat tickets, storage grants)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import pytest
 from airflow_nevermined_fl import runtime_env
 from airflow_nevermined_fl.devtools import data
 from airflow_nevermined_fl.devtools.devstack import s3
+from airflow_nevermined_fl.devtools.session_channel import SessionChannel
+from airflow_nevermined_fl.runtime.config import StorageSpec
 
 HERE = Path(__file__).resolve().parent
 
@@ -24,7 +27,7 @@ def fl_python() -> Path:
 
 @pytest.fixture(scope="session")
 def s3_env(seaweed: dict[str, Any]) -> dict[str, str]:
-    """Environment of runtime processes: the generated keys and the endpoint."""
+    """Environment of a ``stock_sdk`` coordinator and of stock SDK clients: the keys, the endpoint."""
     return s3.env(seaweed)
 
 
@@ -45,12 +48,45 @@ def prefix() -> str:
 
 
 @pytest.fixture
-def make_config(seaweed: dict[str, Any], prefix: str) -> Callable[..., dict[str, Any]]:
-    """Session config factory: softmax on digits, 3 participants, 0.5 s heartbeat, under ``prefix``."""
+def session_id(prefix: str) -> str:
+    return prefix.replace("/", "-")
+
+
+@pytest.fixture
+def storage(seaweed: dict[str, Any], prefix: str) -> StorageSpec:
+    return StorageSpec(seaweed["bucket"], prefix, seaweed["endpoint"])
+
+
+@pytest.fixture
+def make_channel(
+    s3_client: Any, storage: StorageSpec, session_id: str, shards: dict[str, Any]
+) -> Callable[..., SessionChannel]:
+    """A session channel (fresh provider keys, TLS pair, grants on ``storage``) with one seat per shard,
+    each declaring the shard's real row count; ``initial_model``: also a grant to read it."""
+
+    def make(initial_model: str | None = None) -> SessionChannel:
+        rows = [provider["rows"] for provider in shards["providers"]]
+        return SessionChannel.create(s3_client, storage, session_id, rows, initial_model)
+
+    return make
+
+
+@pytest.fixture
+def channel(make_channel: Callable[..., SessionChannel]) -> SessionChannel:
+    """The channel of :func:`make_config`'s sessions: seat ``i`` for ``shards["providers"][i]``."""
+    return make_channel()
+
+
+@pytest.fixture
+def make_config(
+    seaweed: dict[str, Any], prefix: str, session_id: str, channel: SessionChannel
+) -> Callable[..., dict[str, Any]]:
+    """Session config factory: softmax on digits, 3 participants, 0.5 s heartbeat, under ``prefix``, on the
+    secure ``channel`` (without one when ``stock_sdk=True`` is among the overrides)."""
 
     def make(**overrides: Any) -> dict[str, Any]:
         config: dict[str, Any] = {
-            "session_id": prefix.replace("/", "-"),
+            "session_id": session_id,
             "rounds": 3,
             "epochs": 3,
             "min_participants": 3,
@@ -62,6 +98,8 @@ def make_config(seaweed: dict[str, Any], prefix: str) -> Callable[..., dict[str,
             "storage": {"endpoint": seaweed["endpoint"], "bucket": seaweed["bucket"], "prefix": prefix},
             "model": {"name": "softmax", "num_features": 64, "num_classes": 10},
         }
+        if not overrides.get("stock_sdk"):
+            config["channel"] = channel.spec.to_dict()
         return {**config, **overrides}
 
     return make

@@ -1,9 +1,11 @@
 """A stock xain-sdk 0.6 participant: a plain ``Participant`` subclass run by the SDK's ``start_participant``.
 
-Nothing of this project is imported: it proves wire and storage compatibility of our coordinator with
-unmodified SDK clients (10 s heartbeat, pickled weights at the bucket root).
+Nothing of this project is imported: it proves wire and storage compatibility of our coordinator (in a
+``stock_sdk`` session) with unmodified SDK clients (10 s heartbeat, pickled weights at the bucket root).
+HEARTBEAT, when given, replaces the SDK's ``HEARTBEAT_TIME`` (and its rendezvous ``RETRY_TIMEOUT``), for
+shorter sessions; nothing else changes.
 
-    python stock_participant.py HOST PORT ENDPOINT BUCKET DATA.npz   (keys from AWS_* environment variables)
+    python stock_participant.py HOST PORT ENDPOINT BUCKET DATA.npz [HEARTBEAT]   (keys from AWS_* variables)
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ import sys
 
 import numpy as np
 from sdk_config import sdk_config
+from xain_sdk import participant_state_machine as psm
 from xain_sdk.participant import Participant
-from xain_sdk.participant_state_machine import start_participant
 
 
 class LinearSoftmax(Participant):
@@ -47,8 +49,10 @@ class LinearSoftmax(Participant):
 
 def main() -> None:
     host, port, endpoint, bucket, data = sys.argv[1:6]
+    if len(sys.argv) > 6:
+        psm.HEARTBEAT_TIME = psm.RETRY_TIMEOUT = float(sys.argv[6])
     config = sdk_config(host, port, endpoint, bucket, logging={"level": "info"})
-    start_participant(LinearSoftmax(data), config)
+    psm.start_participant(LinearSoftmax(data), config)
 
 
 if __name__ == "__main__":

@@ -9,19 +9,26 @@ from typing import Any
 import pytest
 
 from airflow_nevermined_fl.runtime.config import (
+    ChannelSpec,
     ConfigError,
     ModelSpec,
+    SeatSpec,
     SessionConfig,
     StorageSpec,
     load,
     parse,
 )
 
+ALICE = "0x" + "a1" * 20
+ALICE_CASED = "0x" + "A1" * 20  # the same address: a duplicate seat
+BOB = "0x" + "B2" * 20
+CHANNEL: dict[str, Any] = {"seats": [{"address": ALICE, "max_samples": 600}]}
 VALID: dict[str, Any] = {
     "session_id": "s-1",
     "rounds": 2,
     "storage": {"endpoint": "http://127.0.0.1:9000", "bucket": "nvfl", "prefix": "/a/b/"},
     "model": {"name": "softmax", "num_features": 64, "num_classes": 10},
+    "channel": CHANNEL,
 }
 
 
@@ -30,6 +37,12 @@ def test_valid_config_with_defaults() -> None:
     assert (config.rounds, config.epochs, config.min_participants, config.fraction) == (2, 1, 1, 1.0)
     assert config.storage.prefix == "a/b/" and config.storage.url("0/global") == "s3://nvfl/a/b/0/global"
     assert config.model.num_classes == 10 and config.grpc_port == 0 and config.status_port == 0
+    assert config.channel == ChannelSpec(seats=(SeatSpec(ALICE, 600),)) and not config.stock_sdk
+    assert (config.channel.tls_cert, config.channel.tls_key, config.channel.grants) == (
+        "tls.crt",
+        "tls.key",
+        "grants.json",
+    )
 
 
 @pytest.mark.parametrize(
@@ -54,6 +67,25 @@ def test_valid_config_with_defaults() -> None:
         ({"storage": {"prefix": "x"}}, "storage.bucket"),
         ({"storage": {"bucket": "nvfl", "endpoint": "ftp://x"}}, "storage.endpoint"),
         ({"storage": {"bucket": "nvfl", "secret_access_key": "s"}}, "storage"),
+        ({"channel": None}, "channel"),
+        ({"stock_sdk": True}, "channel"),
+        ({"stock_sdk": "yes"}, "stock_sdk"),
+        ({"channel": ["tls.crt"]}, "channel"),
+        ({"channel": {}}, "channel.seats"),
+        ({"channel": {"seats": []}}, "channel.seats"),
+        ({"channel": {"seats": [ALICE]}}, "channel.seats[0]"),
+        ({"channel": {"seats": [{"max_samples": 1}]}}, "channel.seats[0].address"),
+        ({"channel": {"seats": [{"address": "0x1234", "max_samples": 1}]}}, "channel.seats[0].address"),
+        ({"channel": {"seats": [{"address": ALICE}]}}, "channel.seats[0].max_samples"),
+        ({"channel": {"seats": [{"address": ALICE, "max_samples": 0}]}}, "channel.seats[0].max_samples"),
+        (
+            {"channel": {"seats": [*CHANNEL["seats"], {"address": ALICE_CASED, "max_samples": 1}]}},
+            "channel.seats",
+        ),
+        ({"channel": {**CHANNEL, "tls_key": "../tls.key"}}, "channel.tls_key"),
+        ({"channel": {**CHANNEL, "tls_cert": "/etc/ssl/cert.pem"}}, "channel.tls_cert"),
+        ({"channel": {**CHANNEL, "grants": ".grants.json"}}, "channel.grants"),
+        ({"channel": {**CHANNEL, "grants": 7}}, "channel.grants"),
     ],
 )
 def test_bad_field_is_named(change: dict[str, Any], field: str) -> None:
@@ -65,7 +97,7 @@ def test_bad_field_is_named(change: dict[str, Any], field: str) -> None:
 
 def test_missing_storage_and_unreadable_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="^storage: expected"):
-        parse({"session_id": "s", "rounds": 1})
+        parse({"session_id": "s", "rounds": 1, "channel": CHANNEL})
     with pytest.raises(ConfigError, match="^--config: expected a readable"):
         load(tmp_path / "missing.json")
     broken = tmp_path / "broken.json"
@@ -76,7 +108,10 @@ def test_missing_storage_and_unreadable_files(tmp_path: Path) -> None:
 
 def test_toml_config(tmp_path: Path) -> None:
     path = tmp_path / "session.toml"
-    path.write_text('session_id = "t"\nrounds = 4\nfraction = 0.5\n[storage]\nbucket = "nvfl"\n')
+    path.write_text(
+        'session_id = "t"\nrounds = 4\nfraction = 0.5\n[storage]\nbucket = "nvfl"\n'
+        f'[[channel.seats]]\naddress = "{ALICE}"\nmax_samples = 9\n'
+    )
     config = load(path)
     assert (config.rounds, config.fraction, config.storage.bucket, config.model.name) == (
         4,
@@ -84,6 +119,7 @@ def test_toml_config(tmp_path: Path) -> None:
         "nvfl",
         "custom",
     )
+    assert config.channel == ChannelSpec(seats=(SeatSpec(ALICE, 9),))
 
 
 def test_rendered_config_parses_back_equal() -> None:
@@ -97,12 +133,21 @@ def test_rendered_config_parses_back_equal() -> None:
         model=ModelSpec.of({"name": "softmax", "num_features": 64, "num_classes": 10}),
         initial_model="s3://nvfl/m/final.npz",
         linger=600,
+        channel=ChannelSpec(seats=(SeatSpec(ALICE, 5), SeatSpec(BOB.lower(), 7)), grants="g.json"),
     )
     assert config.storage.prefix == "sessions/s-2/"
     assert parse(json.loads(config.to_json())) == config
-    custom = SessionConfig("s-3", 1, StorageSpec("nvfl"), model=ModelSpec.of({"name": "pkg.mod:Net"}))
+    custom = SessionConfig(
+        "s-3", 1, StorageSpec("nvfl"), model=ModelSpec.of({"name": "pkg.mod:Net"}), stock_sdk=True
+    )
     assert custom.to_dict()["model"] == {"name": "custom"} and "initial_model" not in custom.to_dict()
+    assert "channel" not in custom.to_dict() and custom.to_dict()["stock_sdk"] is True
     assert parse(custom.to_dict()) == custom
+
+
+def test_seat_addresses_are_normalized_to_lower_case() -> None:
+    config = parse({**VALID, "channel": {"seats": [{"address": BOB, "max_samples": 3}]}})
+    assert config.channel is not None and config.channel.seats == (SeatSpec(BOB.lower(), 3),)
 
 
 def test_heartbeat_timeout_defaults_from_the_period() -> None:

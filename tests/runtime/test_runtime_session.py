@@ -1,4 +1,6 @@
-"""Real sessions: coordinator and participants as FL-venv processes against a real SeaweedFS."""
+"""Real sessions: coordinator and participants as FL-venv processes against a real SeaweedFS, on the secure
+session channel (TLS, seat tickets, storage grants: no participant holds a storage key); the stock xain-sdk
+compatibility in a ``stock_sdk`` session."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from airflow_nevermined_fl.devtools.session_channel import SessionChannel, write_files
 from airflow_nevermined_fl.devtools.session_local import (
     Coordinator,
     LocalSession,
@@ -29,28 +32,29 @@ from airflow_nevermined_fl.devtools.session_local import (
     start_participant,
     wait_ended,
 )
-from airflow_nevermined_fl.runtime.safe_pickle import loads_array
+from airflow_nevermined_fl.runtime import arrays
+from airflow_nevermined_fl.runtime.storage import GLOBAL_KEY
 
 HERE = Path(__file__).resolve().parent
 
 
 def _participants(
     coordinator: Coordinator,
+    channel: SessionChannel,
     shards: dict[str, Any],
-    storage_url: str,
     workdir: Path,
-    env: dict[str, str],
     count: int = 3,
     extra: tuple[str, ...] = (),
 ) -> list[RuntimeProcess]:
+    """Participant ``i``: shard ``i``, seat ``i``'s ticket, the session certificate (no storage key)."""
     return [
         start_participant(
             f"participant-{i}",
             coordinator.grpc,
             shards["providers"][i]["path"],
-            storage_url,
+            channel.pair.cert_pem,
+            channel.ticket(i),
             workdir,
-            env,
             heartbeat=0.5,
             extra_args=extra,
         )
@@ -61,17 +65,17 @@ def _participants(
 @contextmanager
 def _session(
     config: dict[str, Any],
+    channel: SessionChannel,
     shards: dict[str, Any],
     workdir: Path,
-    env: dict[str, str],
     extra: tuple[str, ...] = (),
 ) -> Iterator[tuple[Coordinator, list[RuntimeProcess]]]:
-    """A coordinator for ``config`` and three participants on its storage; every process stopped on exit."""
-    storage_url = f"s3://{config['storage']['bucket']}/{config['storage']['prefix']}"
-    coordinator = start_coordinator(config, workdir, env)
+    """A secure coordinator for ``config`` on ``channel`` and three participants; every process stopped on
+    exit."""
+    coordinator = start_coordinator(config, workdir, channel=channel)
     procs = [coordinator.process]
     try:
-        participants = _participants(coordinator, shards, storage_url, workdir, env, extra=extra)
+        participants = _participants(coordinator, channel, shards, workdir, extra=extra)
         procs += participants
         yield coordinator, participants
     finally:
@@ -86,16 +90,19 @@ def _sdk_storage(s3_client: Any, seaweed: dict[str, Any], name: str) -> dict[str
 
 
 def _start_sdk_client(
-    name: str,
+    script: str,
     coordinator: Coordinator,
     storage: dict[str, str],
     args: list[str],
     workdir: Path,
     env: dict[str, str],
+    name: str | None = None,
 ) -> RuntimeProcess:
-    """``<name>_participant.py`` (a stock xain-sdk client) against ``coordinator``, weights in ``storage``."""
+    """``<script>_participant.py`` (a stock xain-sdk client) against a ``stock_sdk`` ``coordinator``, weights
+    in ``storage`` with the S3 keys of ``env``."""
     host, port = coordinator.grpc.split(":")
-    argv = [str(HERE / f"{name}_participant.py"), host, port, storage["endpoint"], storage["bucket"], *args]
+    argv = [str(HERE / f"{script}_participant.py"), host, port, storage["endpoint"], storage["bucket"], *args]
+    name = name or script
     return RuntimeProcess.start(name, argv, workdir / f"{name}.log", runtime_env(env))
 
 
@@ -164,29 +171,39 @@ def test_three_participant_non_iid_session_reaches_accuracy(
 def test_warm_start_begins_from_the_initial_model(
     finished: dict[str, Any],
     make_config: Callable[..., dict[str, Any]],
+    make_channel: Callable[..., SessionChannel],
     prefix: str,
     shards: dict[str, Any],
     seaweed: dict[str, Any],
-    s3_env: dict[str, str],
     s3_client: Any,
     tmp_path: Path,
 ) -> None:
-    config = make_config(rounds=1, epochs=1, initial_model=finished["model"]["url"])
-    with _session(config, shards, tmp_path, s3_env) as (coordinator, _):
-        status = wait_ended(coordinator, 60)
-    assert status["state"] == "FINISHED"
-    initial = s3_client.get_object(Bucket=seaweed["bucket"], Key=f"{prefix}/0/global")["Body"].read()
-    final_key = finished["model"]["url"].split("/", 3)[3]
+    url = finished["model"]["url"]
+    channel = make_channel(url)  # its grants include a read of the warm-start model
+    config = make_config(rounds=1, epochs=1, initial_model=url, channel=channel.spec.to_dict())
+    final_key = url.split("/", 3)[3]
     with np.load(
         io.BytesIO(s3_client.get_object(Bucket=seaweed["bucket"], Key=final_key)["Body"].read())
     ) as npz:
-        assert np.array_equal(loads_array(initial), npz["weights"])
+        trained = npz["weights"]
+    coordinator = start_coordinator(config, tmp_path, channel=channel)
+    procs = [coordinator.process]
+    try:
+        # Round 0's global model, written before the coordinator serves, is the warm-start model.
+        body = s3_client.get_object(Bucket=seaweed["bucket"], Key=f"{prefix}/{GLOBAL_KEY}")["Body"].read()
+        initial = arrays.decode(body, arrays.ArraySpec(shape=trained.shape), len(body))
+        assert np.array_equal(initial, trained)
+        procs += _participants(coordinator, channel, shards, tmp_path)
+        status = wait_ended(coordinator, 60)
+    finally:
+        _stop_all(procs)
+    assert status["state"] == "FINISHED"
     assert (
         status["rounds_metrics"][0]["accuracy"] >= 0.88
     )  # already trained: one epoch from zeros is far lower
 
 
-def test_stock_xain_sdk_participant_joins_and_finishes(
+def test_stock_xain_sdk_participants_join_a_stock_sdk_session_and_finish(
     make_config: Callable[..., dict[str, Any]],
     shards: dict[str, Any],
     seaweed: dict[str, Any],
@@ -195,9 +212,12 @@ def test_stock_xain_sdk_participant_joins_and_finishes(
     fl_python: Path,
     tmp_path: Path,
 ) -> None:
+    """Unmodified xain-sdk 0.6 clients only (plaintext gRPC, bucket keys, pickles, the SDK's 10 s heartbeat)
+    in an (insecure) ``stock_sdk`` session."""
     storage = _sdk_storage(s3_client, seaweed, "stock")
     bucket = storage["bucket"]
     config = make_config(
+        stock_sdk=True,
         rounds=2,
         epochs=1,
         min_participants=2,
@@ -206,25 +226,30 @@ def test_stock_xain_sdk_participant_joins_and_finishes(
         linger=12,
         storage=storage,  # stock SDK: no prefix
     )
+    assert "channel" not in config
     coordinator = start_coordinator(config, tmp_path, s3_env)
-    stock = _start_sdk_client(
-        "stock", coordinator, storage, [shards["providers"][0]["path"]], tmp_path, s3_env
-    )
-    ours = start_participant(
-        "ours", coordinator.grpc, shards["providers"][1]["path"], f"s3://{bucket}", tmp_path, s3_env
-    )
-    procs = [coordinator.process, stock, ours]
+    stock = [
+        _start_sdk_client(
+            "stock", coordinator, storage, [shards["providers"][i]["path"]], tmp_path, s3_env, f"stock-{i}"
+        )
+        for i in range(2)
+    ]
+    procs = [coordinator.process, *stock]
     try:
         status = wait_ended(coordinator, 90)
-        codes = [proc.wait(30) for proc in (stock, ours)]
+        codes = [proc.wait(30) for proc in stock]
     finally:
         _stop_all(procs)
-    assert status["state"] == "FINISHED", stock.tail()
-    assert codes == [0, 0], stock.tail()
+    assert status["state"] == "FINISHED", stock[0].tail()
+    assert codes == [0, 0], [proc.tail() for proc in stock]
     assert [m["participants"] for m in status["rounds_metrics"]] == [2, 2]
-    assert status["refused_uploads"] == 0
+    assert status["refused_uploads"] == 0 and status["refused_calls"] == 0
     keys = {item["Key"] for item in s3_client.list_objects_v2(Bucket=bucket)["Contents"]}
     assert {"0/global", "1/global", "2/global", "model/final.npz", "model/metadata.json"} <= keys
+    # xain 0.6's layout: the global model is a pickle, read back by the hardened loader.
+    body = s3_client.get_object(Bucket=bucket, Key="2/global")["Body"].read()
+    weights = arrays.loads_pickle(body, arrays.ArraySpec(shape=(650,)), len(body))
+    assert weights.shape == (650,) and np.isfinite(weights).all()
 
 
 def test_malicious_pickle_is_refused_not_executed_and_session_finishes(
@@ -235,16 +260,29 @@ def test_malicious_pickle_is_refused_not_executed_and_session_finishes(
     s3_client: Any,
     tmp_path: Path,
 ) -> None:
+    """A stock_sdk session reads stock clients' pickles from the bucket (arrays.loads_pickle): an upload that
+    would run code is refused, its sender removed, and a spare takes its place."""
     marker = tmp_path / "executed-marker"
     storage = _sdk_storage(s3_client, seaweed, "evil")
-    bucket = storage["bucket"]
-    coordinator = start_coordinator(make_config(min_participants=2, storage=storage), tmp_path, s3_env)
+    config = make_config(stock_sdk=True, min_participants=2, storage=storage)
+    coordinator = start_coordinator(config, tmp_path, s3_env)
     evil = _start_sdk_client("evil", coordinator, storage, [str(marker), "0.5"], tmp_path, s3_env)
     procs = [coordinator.process, evil]
     try:
         _wait_for(lambda: coordinator.status()["participants"]["connected"] == 1, 30, "evil joined")
-        # Two honest participants: one completes the seat of the evil one, the other waits as a spare.
-        honest = _participants(coordinator, shards, f"s3://{bucket}", tmp_path, s3_env, 2)
+        # Two honest stock clients: one completes the seat of the evil one, the other waits as a spare.
+        honest = [
+            _start_sdk_client(
+                "stock",
+                coordinator,
+                storage,
+                [shards["providers"][i]["path"], "0.5"],
+                tmp_path,
+                s3_env,
+                f"honest-{i}",
+            )
+            for i in range(2)
+        ]
         procs += honest
         status = wait_ended(coordinator, 90)
         codes = [proc.wait(30) for proc in honest]
@@ -268,24 +306,32 @@ def _kill_accepted_participant(coordinator: Coordinator, procs: list[RuntimeProc
 
 
 def test_killed_participant_is_replaced_by_a_spare_and_session_finishes(
-    make_config: Callable[..., dict[str, Any]], shards: dict[str, Any], s3_env: dict[str, str], tmp_path: Path
+    make_config: Callable[..., dict[str, Any]],
+    channel: SessionChannel,
+    shards: dict[str, Any],
+    tmp_path: Path,
 ) -> None:
+    """Three seats, two a round: the spare's seat is free until it is accepted in place of the killed one."""
     config = make_config(rounds=6, epochs=1, min_participants=2, heartbeat_timeout=2)
-    with _session(config, shards, tmp_path, s3_env) as (coordinator, participants):
+    with _session(config, channel, shards, tmp_path) as (coordinator, participants):
         victim = _kill_accepted_participant(coordinator, participants)
         status = wait_ended(coordinator, 90)
         codes = {p.name: p.wait(30) for p in participants}
     assert status["state"] == "FINISHED" and status["rounds_completed"] == 6
     assert codes.pop(victim.name) == -signal.SIGKILL
     assert list(codes.values()) == [0, 0]
+    assert status["refused_calls"] == 0 and status["refused_uploads"] == 0
 
 
 def test_killed_participant_without_spare_fails_within_stall_time(
-    make_config: Callable[..., dict[str, Any]], shards: dict[str, Any], s3_env: dict[str, str], tmp_path: Path
+    make_config: Callable[..., dict[str, Any]],
+    channel: SessionChannel,
+    shards: dict[str, Any],
+    tmp_path: Path,
 ) -> None:
     config = make_config(rounds=20, epochs=1, heartbeat_timeout=2, stall_timeout=4, linger=1)
     extra = ("--connect-timeout", "3")
-    with _session(config, shards, tmp_path, s3_env, extra) as (coordinator, participants):
+    with _session(config, channel, shards, tmp_path, extra) as (coordinator, participants):
         victim = _kill_accepted_participant(coordinator, participants)
         killed_at = time.monotonic()
         status = wait_ended(coordinator, 60)
@@ -306,13 +352,14 @@ def test_killed_participant_without_spare_fails_within_stall_time(
 
 
 def test_status_endpoints_and_sigterm(
-    make_config: Callable[..., dict[str, Any]], s3_env: dict[str, str], tmp_path: Path
+    make_config: Callable[..., dict[str, Any]], channel: SessionChannel, tmp_path: Path
 ) -> None:
-    coordinator = start_coordinator(make_config(), tmp_path, s3_env)
+    coordinator = start_coordinator(make_config(), tmp_path, channel=channel)
     try:
         status = coordinator.status()
         assert status["state"] == "STANDBY" and status["participants"] == {"connected": 0, "selected": 0}
         assert status["rounds"] == 3 and status["rounds_metrics"] == [] and status["model"] is None
+        assert status["refused_calls"] == 0 and status["refused_uploads"] == 0
         with urllib.request.urlopen(f"{coordinator.status_url}/health", timeout=5) as response:
             assert json.loads(response.read()) == {"ok": True, "state": "STANDBY"}
         with pytest.raises(urllib.error.HTTPError) as info:
@@ -326,18 +373,20 @@ def test_status_endpoints_and_sigterm(
 
 
 def test_participant_exits_3_when_the_coordinator_is_unreachable(
-    fl_python: Path, shards: dict[str, Any], seaweed: dict[str, Any], s3_env: dict[str, str]
+    fl_python: Path, channel: SessionChannel, shards: dict[str, Any], tmp_path: Path
 ) -> None:
     from airflow_nevermined_fl.process import free_port
 
+    write_files(tmp_path, {"coordinator.crt": channel.pair.cert_pem}, {"seat": channel.ticket(0)})
     started = time.monotonic()
     result = subprocess.run(
         [str(fl_python), "-m", "airflow_nevermined_fl.runtime.participant"]
         + ["--coordinator", f"127.0.0.1:{free_port()}", "--data", shards["providers"][0]["path"]]
-        + ["--storage", f"s3://{seaweed['bucket']}/unreachable", "--connect-timeout", "1"],
+        + ["--coordinator-cert", str(tmp_path / "coordinator.crt"), "--seat-file", str(tmp_path / "seat")]
+        + ["--connect-timeout", "1"],
         capture_output=True,
         text=True,
-        env=runtime_env(s3_env),
+        env=runtime_env({}),
         timeout=60,
     )
     assert result.returncode == 3, result.stderr

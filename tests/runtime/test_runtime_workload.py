@@ -8,10 +8,12 @@ import subprocess
 from pathlib import Path
 
 from airflow_nevermined_fl.runtime.workload import (
+    COORDINATOR_MODULE,
     PARTICIPANT_MODULE,
     ExecutionState,
     ExitCode,
     SessionState,
+    coordinator_args,
     ended_state,
     participant_args,
 )
@@ -24,14 +26,40 @@ def test_states_are_plain_strings() -> None:
     assert [int(c) for c in ExitCode] == [0, 1, 2, 3, 143]
 
 
-def test_participant_args_parse_in_the_participant(fl_python: Path) -> None:
-    args = participant_args(
-        "127.0.0.1:5000", "/d.npz", "s3://nvfl/p", s3_endpoint="http://s3:1", heartbeat=0.5, seed=2
-    )
+def _parse(fl_python: Path, module: str, fields: str, args: list[str]) -> list:
     code = (
-        f"import json, sys; from {PARTICIPANT_MODULE} import build_parser;"
-        "a = build_parser().parse_args(sys.argv[1:]);"
-        "print(json.dumps([a.coordinator, a.data, a.storage.bucket, a.s3_endpoint, a.heartbeat, a.seed]))"
+        f"import json, sys; from {module} import build_parser;"
+        f"a = build_parser().parse_args(sys.argv[1:]); print(json.dumps([{fields}], default=str))"
     )
     out = subprocess.run([str(fl_python), "-c", code, *args], capture_output=True, text=True, check=True)
-    assert json.loads(out.stdout) == ["127.0.0.1:5000", "/d.npz", "nvfl", "http://s3:1", 0.5, 2]
+    return json.loads(out.stdout)
+
+
+def test_participant_args_parse_in_the_participant(fl_python: Path) -> None:
+    fields = "a.coordinator, a.coordinator_cert, a.seat_file, a.data, a.data_url_file, a.heartbeat, a.seed"
+    local = participant_args("127.0.0.1:5000", "/w/c.crt", "/w/seat", data="/d.npz", heartbeat=0.5, seed=2)
+    assert _parse(fl_python, PARTICIPANT_MODULE, fields, local) == [
+        "127.0.0.1:5000",
+        "/w/c.crt",
+        "/w/seat",
+        "/d.npz",
+        None,
+        0.5,
+        2,
+    ]
+    granted = participant_args("coordinator:50051", "/w/c.crt", "/w/seat", data_url_file="/w/data-url")
+    assert _parse(fl_python, PARTICIPANT_MODULE, fields, granted) == [
+        "coordinator:50051",
+        "/w/c.crt",
+        "/w/seat",
+        None,
+        "/w/data-url",
+        0.5,
+        0,
+    ]
+
+
+def test_coordinator_args() -> None:
+    assert COORDINATOR_MODULE.endswith(".coordinator")
+    assert coordinator_args("/w/session.json") == ["--config", "/w/session.json"]
+    assert coordinator_args("/w/c.json", "/w/ready") == ["--config", "/w/c.json", "--status-file", "/w/ready"]

@@ -132,9 +132,12 @@ def credentials(state: dict[str, Any]) -> dict[str, str]:
 
 def client(state: dict[str, Any]) -> Any:
     """A boto3 S3 client of this SeaweedFS with the generated credentials."""
-    import boto3
+    from airflow_nevermined_fl import objectstore
 
-    return boto3.client("s3", endpoint_url=state["endpoint"], region_name="us-east-1", **credentials(state))
+    creds = credentials(state)
+    return objectstore.client(
+        state["endpoint"], "us-east-1", creds["aws_access_key_id"], creds["aws_secret_access_key"]
+    )
 
 
 def env(state: dict[str, Any]) -> dict[str, str]:

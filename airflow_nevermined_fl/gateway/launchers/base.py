@@ -19,6 +19,7 @@ __all__ = ["Labels", "Launcher", "Role", "Workload", "WorkloadSpec", "WorkloadSt
 
 WORKDIR, DATASET = "{workdir}", "{dataset}"
 CONFIG_FILE = "session.json"
+PEER_CERT_FILE, SEAT_FILE, DATA_URL_FILE = "coordinator.crt", "seat", "data-url"
 
 
 @dataclass(frozen=True)
@@ -85,10 +86,16 @@ class WorkloadSpec:
 
     @classmethod
     def coordinator(
-        cls, launcher: Launcher, labels: Labels, config: SessionConfig, module: str, **fields: Any
+        cls,
+        launcher: Launcher,
+        labels: Labels,
+        config: SessionConfig,
+        module: str,
+        files: dict[str, str] | None = None,
+        **fields: Any,
     ) -> WorkloadSpec:
         """A coordinator of ``config`` on two ports of ``launcher`` (its ``session.json`` rendered with
-        them); ``fields``: the other fields (image, secret_env)."""
+        them, next to ``files``); ``fields``: the other fields (image, secret_files)."""
         ports = {"grpc": launcher.free_port(), "status": launcher.free_port()}
         host = launcher.bind_host
         config = replace(
@@ -99,7 +106,7 @@ class WorkloadSpec:
             module=module,
             args=coordinator_args(f"{WORKDIR}/{CONFIG_FILE}", f"{WORKDIR}/status-port"),
             ports=ports,
-            files={CONFIG_FILE: config.to_json()},
+            files={**(files or {}), CONFIG_FILE: config.to_json()},
             **fields,
         )
 
@@ -109,17 +116,35 @@ class WorkloadSpec:
         labels: Labels,
         module: str,
         coordinator: str,
+        cert_pem: str,
+        ticket: str,
         dataset: str,
-        storage: str,
         options: dict[str, Any] | None = None,
         extra_args: list[str] | None = None,
         **fields: Any,
     ) -> WorkloadSpec:
-        """A participant joining ``coordinator`` (gRPC host:port) on ``dataset``, exchanging weights in
-        ``storage`` (``s3://bucket/prefix``); ``options``: :func:`~..runtime.workload.participant_args`'s,
-        ``extra_args`` appended as given; ``fields``: the other fields (image, secret_env)."""
-        args = participant_args(coordinator, DATASET, storage, **(options or {}))
-        return cls(labels=labels, module=module, args=args + (extra_args or []), dataset=dataset, **fields)
+        """A participant joining ``coordinator`` (gRPC host:port, serving the certificate ``cert_pem``)
+        with the seat ``ticket``, on ``dataset``: a local path, or a granted ``http(s)://`` URL (handed
+        over as a secret file); ``options``: :func:`~..runtime.workload.participant_args`'s,
+        ``extra_args`` appended as given; ``fields``: the other fields (image)."""
+        secret_files = {SEAT_FILE: ticket}
+        if "://" in dataset:
+            secret_files[DATA_URL_FILE] = dataset
+            data = {"data_url_file": f"{WORKDIR}/{DATA_URL_FILE}"}
+        else:
+            data = {"data": DATASET}
+        args = participant_args(
+            coordinator, f"{WORKDIR}/{PEER_CERT_FILE}", f"{WORKDIR}/{SEAT_FILE}", **data, **(options or {})
+        )
+        return cls(
+            labels=labels,
+            module=module,
+            args=args + (extra_args or []),
+            files={PEER_CERT_FILE: cert_pem},
+            secret_files=secret_files,
+            dataset=None if "://" in dataset else dataset,
+            **fields,
+        )
 
 
 @dataclass
