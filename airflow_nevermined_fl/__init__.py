@@ -46,7 +46,10 @@ def get_provider_info() -> dict[str, Any]:
         "triggers": [
             {
                 "integration-name": "Nevermined",
-                "python-modules": ["airflow_nevermined_fl.triggers.coordinator"],
+                "python-modules": [
+                    "airflow_nevermined_fl.triggers.coordinator",
+                    "airflow_nevermined_fl.triggers.chain",
+                ],
             },
         ],
         "connection-types": [
@@ -76,6 +79,12 @@ def get_provider_info() -> dict[str, Any]:
                         "label": "RPC connection attempts",
                         "schema": {"type": ["integer", "null"], "minimum": 1},
                         "description": "Attempts to reach the RPC node before failing (empty: 5).",
+                    },
+                    "block_time": {
+                        "label": "Block time (s)",
+                        "schema": {"type": ["number", "null"], "exclusiveMinimum": 0},
+                        "description": "Seconds between blocks, at least: the session's agreements stay "
+                        "unrefundable for its session_timeout in blocks (empty: 12).",
                     },
                     "gateway_ca_file": {
                         "label": "Gateways' CA bundle",

@@ -4,9 +4,9 @@ validate (provider DIDs resolved, gateways asked) -> lock_coordinator_payment + 
 data providers) -> publish_workflow -> start_coordinator (gateway execute) -> wait_for_coordinator
 (sensor) -> start_participants (mapped gateway execute) -> wait_for_rounds (sensor) -> publish_model
 (model DID; the gateways settle their own escrow) ; teardown (a teardown task: stop on every gateway,
-refunds on failure). The consumer's Airflow holds only the consumer's key. The sensors defer to the
-triggerer (no worker slot while they wait) when deferrable: by default where Airflow's
-``[operators] default_deferrable`` is set.
+then the refund of unpaid work once the agreements' time-out passed on chain). The consumer's Airflow
+holds only the consumer's key. The sensors defer to the triggerer (no worker slot while they wait) when
+deferrable: by default where Airflow's ``[operators] default_deferrable`` is set.
 
 The lock steps run in parallel: the consumer's transactions (one nonce sequence and one ERC20 allowance
 per account) are serialized by the account's file lock in NeverminedHook, across the task processes of
@@ -53,27 +53,31 @@ def fl_session_dag(
     dag_kwargs.setdefault("tags", ["nevermined", "federated-learning"])
     dag_kwargs.setdefault("doc_md", __doc__)
     waits: dict[str, Any] = {} if deferrable is None else {"deferrable": deferrable}
-    with DAG(dag_id, schedule=schedule, params=session_params(**(params or {})), **dag_kwargs) as dag:
-        validate = ValidateSessionOperator(task_id="validate", warm_start=warm_start, retries=0)
-        session = XComArg(validate, key="session")
+    session = session_params(**(params or {}))
+    # No step may take longer than a whole session (the waits have their own limits, from the run's conf).
+    bounded = {"execution_timeout": timedelta(seconds=float(session["session_timeout"].value))}
+    with DAG(dag_id, schedule=schedule, params=session, **dag_kwargs) as dag:
+        validate = ValidateSessionOperator(task_id="validate", warm_start=warm_start, retries=0, **bounded)
+        run = XComArg(validate, key="session")
         data_providers = validate.output
         lock_coordinator = LockPaymentOperator(
             task_id="lock_coordinator_payment",
-            session=session,
+            session=run,
             provider=XComArg(validate, key="coordinator"),
+            **bounded,
         )
         lock = LockPaymentOperator.partial(
-            task_id="lock_payment", session=session, map_index_template="{{ task.provider['name'] }}"
+            task_id="lock_payment", session=run, map_index_template="{{ task.provider['name'] }}", **bounded
         ).expand(provider=data_providers)
         payments = [lock_coordinator.output, lock.output]
-        publish = PublishWorkflowOperator(task_id="publish_workflow", session=session)
+        publish = PublishWorkflowOperator(task_id="publish_workflow", session=run, **bounded)
         [lock_coordinator, lock] >> publish
         start = StartCoordinatorOperator(
-            task_id="start_coordinator", session=session, workflow=publish.output, payments=payments
+            task_id="start_coordinator", session=run, workflow=publish.output, payments=payments, **bounded
         )
         url = WaitForCoordinatorSensor(
             task_id="wait_for_coordinator",
-            session=session,
+            session=run,
             coordinator=start.output,
             workflow=publish.output,
             timeout=120,  # a coordinator serves within seconds of its start
@@ -81,24 +85,24 @@ def fl_session_dag(
         )
         participants = StartParticipantOperator.partial(
             task_id="start_participants",
-            session=session,
+            session=run,
             workflow=publish.output,
             payments=payments,
             map_index_template="{{ task.provider['name'] }}",
+            **bounded,
         ).expand(provider=data_providers)
         url >> participants
-        rounds = WaitForRoundsSensor(
-            task_id="wait_for_rounds", session=session, coordinator=url.output, **waits
-        )
+        rounds = WaitForRoundsSensor(task_id="wait_for_rounds", session=run, coordinator=url.output, **waits)
         participants >> rounds
         model = PublishModelOperator(
             task_id="publish_model",
-            session=session,
+            session=run,
             workflow=publish.output,
             payments=payments,
             result=rounds.output,
+            **bounded,
         )
         TeardownSessionOperator(
-            task_id="teardown", session=session, payments=payments, published=model.output
+            task_id="teardown", session=run, payments=payments, published=model.output
         ).as_teardown(setups=[lock_coordinator, lock, start, participants])
     return dag

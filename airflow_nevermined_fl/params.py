@@ -62,7 +62,6 @@ def defaults() -> dict[str, Any]:
         "heartbeat": 1.0,
         "stall_timeout": 60,
         "session_timeout": 900,
-        "refund_after_blocks": 1000,
         "initial_model": None,
     }
 
@@ -95,10 +94,9 @@ PROPERTIES: dict[str, tuple[dict[str, Any], str]] = {
         {"type": "number", "minimum": 1, "maximum": 86400},
         "Fail when no round finishes (or the coordinator is unreachable) for this long (s).",
     ),
-    "session_timeout": ({"type": "number", "minimum": 10, "maximum": 604800}, "Whole session limit (s)."),
-    "refund_after_blocks": (
-        {"type": "integer", "minimum": 1},
-        "Blocks after which the payments of an unfinished session can be refunded to the consumer.",
+    "session_timeout": (
+        {"type": "number", "minimum": 10, "maximum": 604800},
+        "Whole session limit (s); unreleased payments are refunded once it (and a margin) passed on chain.",
     ),
     "initial_model": (
         {"type": ["string", "null"], "pattern": "^(s3://[^/]+/.+\\.npz|did:nv:[0-9a-f]{64})$"},

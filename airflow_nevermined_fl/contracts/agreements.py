@@ -197,11 +197,18 @@ class AgreementsMixin(DidRegistryMixin):
         }
 
     def verify_compute_agreement(
-        self, agreement: ComputeAgreement | dict[str, Any], *, consumer: str, did: str, amount: int
+        self,
+        agreement: ComputeAgreement | dict[str, Any],
+        *,
+        consumer: str,
+        did: str,
+        amount: int,
+        min_time_out: int = 0,
     ) -> ComputeAgreement:
         """A provider's check before it computes: the agreement exists under the compute template with
-        these terms (``consumer``; ``did``; ``amount`` paid to this account alone), its payment is locked
-        and its compute condition is open (not fulfilled, aborted or timed out)."""
+        these terms (``consumer``; ``did``; ``amount`` paid to this account alone), its payment is locked,
+        its compute condition is open (not fulfilled, aborted or timed out) and, on chain, times out no
+        sooner than ``min_time_out`` blocks after its creation (the consumer cannot refund before)."""
         a = self._checked(agreement)
         template = self._c("AgreementStoreManager").functions.getAgreementTemplate(
             bytes32(a.agreement_id, "agreement_id")
@@ -222,7 +229,22 @@ class AgreementsMixin(DidRegistryMixin):
         if states["compute"] != "unfulfilled" or self._timed_out(a.compute_condition_id):
             state = "timed out" if states["compute"] == "unfulfilled" else states["compute"]
             raise StateError(f"compute of {a.agreement_id} is {state}: nothing to execute")
+        condition = bytes32(a.compute_condition_id, "id")
+        time_out = self._c("ConditionStoreManager").functions.getCondition(condition).call()[3]
+        if 0 < time_out < min_time_out:  # 0: never times out, never refundable
+            raise StateError(
+                f"compute of {a.agreement_id} times out after {time_out} blocks, before the session could "
+                f"end ({min_time_out} blocks needed): the consumer could refund finished work"
+            )
         return a
+
+    def refund_block(self, agreement: ComputeAgreement | dict[str, Any]) -> int | None:
+        """The last block before the agreement's compute condition times out (a refund is possible from
+        the next one on); None when it never does (time_out 0)."""
+        a = self._checked(agreement)
+        condition = bytes32(a.compute_condition_id, "id")
+        _, _, _, time_out, created = self._c("ConditionStoreManager").functions.getCondition(condition).call()
+        return created + time_out if time_out else None
 
     def token_balance(self, address: str) -> int:
         return int(self._c("NeverminedToken").functions.balanceOf(address_of(address, "address")).call())

@@ -10,10 +10,20 @@ from typing import Any
 
 from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
+from web3 import Web3
 from web3.contract import Contract
 
 from airflow_nevermined_fl.contracts.account_lock import account_lock
-from airflow_nevermined_fl.contracts.client import Signer, account_from_key, connect
+from airflow_nevermined_fl.contracts.client import (
+    RECEIPT_TIMEOUT,
+    RPC_TIMEOUT,
+    Signer,
+    account_from_key,
+    activity,
+    connect,
+    name_contracts,
+    positive_seconds,
+)
 from airflow_nevermined_fl.contracts.deployment import Deployment
 from airflow_nevermined_fl.contracts.errors import DeploymentError, InvalidInputError
 
@@ -33,7 +43,10 @@ HOOK_CONTRACTS: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class KeeperSettings:
-    """Where the chain is and whose account acts; ``where`` names the source in error messages."""
+    """Where the chain is and whose account acts; ``where`` names the source in error messages.
+
+    ``rpc_timeout`` bounds each JSON-RPC request (s), ``rpc_retries`` the attempts to connect, and
+    ``receipt_timeout`` the wait for a sent transaction to be mined (s)."""
 
     rpc_url: str
     private_key: str = field(repr=False)
@@ -42,6 +55,12 @@ class KeeperSettings:
     rpc_retries: int = 5
     where: str = "keeper"
     source: str = "config"  # what sets chain_id, in error messages
+    rpc_timeout: float = RPC_TIMEOUT
+    receipt_timeout: float = RECEIPT_TIMEOUT
+
+    def __post_init__(self) -> None:
+        for name in ("rpc_timeout", "receipt_timeout"):
+            positive_seconds(getattr(self, name), f"{self.where}: {name}")
 
 
 class KeeperConnection:
@@ -78,8 +97,15 @@ class KeeperConnection:
         if self._signer is not None:
             return self._signer
         settings = self.keeper_settings()
-        account, where, deployment = self.account(), settings.where, settings.deployment
-        w3 = connect(settings.rpc_url, retries=settings.rpc_retries)
+        account = self.account()
+        w3 = connect(settings.rpc_url, retries=settings.rpc_retries, timeout=settings.rpc_timeout)
+        name_contracts(w3, settings.deployment.addresses)
+        with activity("checking the deployment"):
+            return self._checked_conn(w3, account, settings)
+
+    def _checked_conn(self, w3: Web3, account: LocalAccount, settings: KeeperSettings) -> Signer:
+        """The signer of ``w3`` once the chain id and the contracts' code match the deployment."""
+        where, deployment = settings.where, settings.deployment
         chain_id = w3.eth.chain_id
         for label, wanted in (
             (f"{settings.source} chain_id", settings.chain_id),
@@ -97,7 +123,7 @@ class KeeperConnection:
                 )
         self._deployment = deployment
         self._chain_id = chain_id
-        self._signer = Signer(w3, account)
+        self._signer = Signer(w3, account, receipt_timeout=settings.receipt_timeout)
         return self._signer
 
     @property

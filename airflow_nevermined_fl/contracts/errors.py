@@ -8,7 +8,31 @@ class ChainError(RuntimeError):
 
 
 class ChainUnreachableError(ChainError):
-    """The JSON-RPC endpoint did not answer after the bounded retries."""
+    """The JSON-RPC endpoint did not answer: after ``connect``'s bounded retries, or during a later call or
+    transaction (connection refused or reset, no answer within the request timeout, or an HTTP error status).
+    The message names the RPC URL and what was being done; ``reason`` is the short failure (e.g.
+    ``"unreachable: ConnectionError (Connection refused)"``)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        rpc_url: str | None = None,
+        reason: str | None = None,
+        status_code: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.rpc_url = rpc_url
+        self.reason = reason
+        self.status_code = status_code
+
+
+class RpcTimeoutError(ChainUnreachableError):
+    """The JSON-RPC endpoint gave no answer (or took no connection) within the request timeout."""
+
+
+class RpcHttpError(ChainUnreachableError):
+    """The JSON-RPC endpoint (or a proxy before it) answered an HTTP error status instead of JSON-RPC."""
 
 
 class TxRevertedError(ChainError):
@@ -21,6 +45,27 @@ class TxRevertedError(ChainError):
         self.function = function
         self.reason = reason
         self.tx_hash = tx_hash
+
+
+class ReceiptTimeoutError(ChainError):
+    """A transaction was sent but not mined within the receipt timeout: not a revert, it may still be mined.
+    Re-running the step is safe: it reads the chain first, and sends nothing while the account still has
+    a pending transaction (:class:`PendingTransactionError`)."""
+
+    def __init__(self, contract: str, function: str, tx_hash: str, timeout: float) -> None:
+        super().__init__(
+            f"{contract}.{function}: transaction {tx_hash} not mined within {timeout:g} s"
+            " (it may still be mined; a retry checks the chain first)"
+        )
+        self.contract = contract
+        self.function = function
+        self.tx_hash = tx_hash
+        self.timeout = timeout
+
+
+class PendingTransactionError(ChainError):
+    """The account has a transaction the chain has not mined yet (e.g. one whose receipt wait timed out):
+    nothing is sent until it is mined or dropped, since the state this step read may be about to change."""
 
 
 class StateError(ChainError):

@@ -15,7 +15,8 @@ The consumer's Airflow uses it through :class:`~airflow_nevermined_fl.hooks.neve
 
 This module is the import point. The keeper's parts, one module each: ``connection`` (settings, account,
 contracts, transactions), ``did_registry``, ``agreements``, ``escrow``, ``provenance``; chain value helpers
-in ``values``, the records passed between tasks in ``records``.
+in ``values``, the records passed between tasks in ``records``; a consumer's agreements read back from
+the chain's events and their refunds (no local ledger) in ``recovery``.
 """
 
 from __future__ import annotations
@@ -28,20 +29,30 @@ from airflow_nevermined_fl.contracts.errors import StateError, UnknownAgreementE
 from airflow_nevermined_fl.contracts.escrow import EscrowMixin
 from airflow_nevermined_fl.contracts.provenance import ProvenanceMixin
 from airflow_nevermined_fl.contracts.records import ComputeAgreement, DidRecord
+from airflow_nevermined_fl.contracts.recovery import (
+    ChainAgreement,
+    RefundReport,
+    consumer_agreements,
+    refund_due_agreements,
+)
 from airflow_nevermined_fl.contracts.values import DID_PREFIX, address_of, did_str
 
 __all__ = [
     "CONDITION_STATES",
     "DID_PREFIX",
     "HOOK_CONTRACTS",
+    "ChainAgreement",
     "ComputeAgreement",
     "DidRecord",
     "Keeper",
     "KeeperSettings",
+    "RefundReport",
     "StateError",
     "UnknownAgreementError",
     "address_of",
+    "consumer_agreements",
     "did_str",
+    "refund_due_agreements",
 ]
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, redirect_stdout
 from typing import Any
 
 
@@ -309,6 +311,125 @@ def _add_gateway(sub: argparse._SubParsersAction) -> None:
     _json_flag(parser)
 
 
+def _refund_keeper(args: argparse.Namespace) -> Any:
+    """The consumer's NeverminedHook: from Airflow's connections (``--conn-id``) or a URI alone."""
+    from airflow_nevermined_fl.contracts.errors import InvalidInputError
+    from airflow_nevermined_fl.hooks.nevermined import NeverminedHook
+
+    if args.conn_id:
+        return NeverminedHook(nevermined_conn_id=args.conn_id)
+    from airflow.sdk import Connection
+
+    uri = sys.stdin.readline().strip() if args.conn_uri == "-" else args.conn_uri
+    try:
+        conn = Connection.from_uri(uri, conn_id="conn-uri")
+    except Exception:  # the parser's message may quote the URI, which holds the key
+        raise InvalidInputError("--conn-uri: not an Airflow connection URI") from None
+
+    class UriHook(NeverminedHook):
+        def get_connection(self, conn_id: str) -> Any:  # type: ignore[override]
+            return conn
+
+    return UriHook(nevermined_conn_id=conn.conn_id)
+
+
+def _refund_line(a: Any) -> str:
+    amount = f"{a.amount} locked for {a.provider}" if a.amount is not None else "nothing locked"
+    detail = {
+        "refund_due": f"compute {a.condition_states['compute']}, timed out after block {a.due_after_block}",
+        "waiting": (
+            f"refundable after block {a.due_after_block} (now {a.current_block})"
+            if a.due_after_block is not None
+            else "never refundable (time_out 0)"
+        ),
+        "computed": "compute fulfilled: the escrow belongs to its receivers (release pending)",
+        "not_locked": "nothing to refund",
+    }.get(a.status, json.dumps(a.condition_states, sort_keys=True))
+    return f"  {a.agreement_id} {a.status}: {amount}; {detail}" + (f" ({a.note})" if a.note else "")
+
+
+@contextmanager
+def _logs_to_stderr() -> Iterator[None]:
+    """Progress logs on stderr (Airflow's logging writes them to stdout): stdout carries the result alone."""
+    handlers = [
+        h for h in logging.root.handlers if isinstance(h, logging.StreamHandler) and h.stream is sys.stdout
+    ]
+    for handler in handlers:
+        handler.setStream(sys.stderr)
+    try:
+        with redirect_stdout(sys.stderr):  # structlog's loggers write to sys.stdout as bound
+            yield
+    finally:
+        for handler in handlers:
+            handler.setStream(sys.stdout)
+
+
+def _refund(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from web3.exceptions import Web3Exception
+
+    from airflow_nevermined_fl.contracts.errors import ChainError, DeploymentError, InvalidInputError
+    from airflow_nevermined_fl.contracts.recovery import open_agreements, refund_due_agreements
+
+    try:
+        with _logs_to_stderr():
+            from airflow.sdk.exceptions import AirflowNotFoundException
+
+            keeper = _refund_keeper(args)
+            report = refund_due_agreements(
+                keeper, from_block=args.from_block, dry_run=args.dry_run, block_chunk=args.block_chunk
+            )
+    except (InvalidInputError, DeploymentError, AirflowNotFoundException) as exc:
+        return _error("refund", exc, 2)
+    except (ChainError, OSError, Web3Exception) as exc:  # messages never carry the key
+        return _error("refund", f"chain RPC failed: {type(exc).__name__}: {exc}", 3)
+    due = report.due
+    if args.json:
+        _print(report.to_dict(), True)
+        return 1 if due else 0
+    counts = Counter(a.status for a in report.agreements)
+    print(
+        f"consumer {report.consumer} on chain {report.chain_id} at block {report.current_block}"
+        f" (agreements created from block {report.from_block})"
+    )
+    print(f"{len(report.agreements)} agreements" + "".join(f", {n} {s}" for s, n in sorted(counts.items())))
+    for agreement in open_agreements(report.agreements):
+        print(_refund_line(agreement))
+    for r in report.refunded:
+        print(f"refunded {r['agreement_id']}: {r['amount']} back to the consumer (tx {r['tx_hash']})")
+    for f in report.failed:
+        print(f"refund of {f['agreement_id']} ({f['amount']}) failed: {f['error']}")
+    if args.dry_run and due:
+        total = sum(a.amount or 0 for a in due)
+        print(f"dry run: {len(due)} refund(s) due ({total} in all), nothing sent")
+    elif due:
+        print(f"{len(due)} refund(s) still due: run again")
+    elif report.refunded:
+        print("nothing left to refund")
+    else:
+        print("nothing to refund: no agreement is due" + (" (dry run)" if args.dry_run else ""))
+    return 1 if due else 0
+
+
+def _add_refund(sub: argparse._SubParsersAction) -> None:
+    parser = _command(
+        sub,
+        "refund",
+        _refund,
+        "a consumer's locked, unreleased payments read from the chain alone: refund the timed-out ones",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--conn-uri", metavar="URI", help="the consumer's nevermined connection URI ('-': read it from stdin)"
+    )
+    source.add_argument("--conn-id", metavar="ID", help="the consumer's Airflow connection (nevermined)")
+    parser.add_argument("--from-block", type=int, default=0, help="first block scanned for agreements")
+    parser.add_argument("--block-chunk", type=int, default=10_000, help="blocks per log query")
+    parser.add_argument("--dry-run", action="store_true", help="list and report, send no transaction")
+    _json_flag(parser)
+
+
 # Functions adding one command group each; handlers import their modules only when run.
 GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_devstack,
@@ -321,6 +442,7 @@ GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_compose,
     _add_kubernetes,
     _add_gateway,
+    _add_refund,
 ]
 
 

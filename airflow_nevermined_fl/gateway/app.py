@@ -119,25 +119,31 @@ def create_app(config: GatewayConfig) -> FastAPI:
 
     @app.get(f"{API}/info")
     def info() -> dict[str, Any]:
-        services = [
-            {
-                "name": o.service.name,
-                "type": o.service.type,
-                "did": o.asset["did"] if o.asset else None,
-                "price": o.service.price,
-                "ready": o.reason is None,
-                "reason": o.reason,
-            }
-            for o in offers(provider)
-        ]
+        healthy, running = executions.backend_healthy(), executions.running()
+        # What would make an execute fail now makes every service not ready, before anyone pays for it.
+        busy = None if running < config.max_executions else f"at capacity ({running} executions running)"
+        down = None if healthy else f"the {config.backend} backend does not answer"
+        services = []
+        for o in offers(provider):
+            reason = o.reason or down or busy
+            services.append(
+                {
+                    "name": o.service.name,
+                    "type": o.service.type,
+                    "did": o.asset["did"] if o.asset else None,
+                    "price": o.service.price,
+                    "ready": reason is None,
+                    "reason": reason,
+                }
+            )
         return {
             "name": config.name,
             "provider": provider.address,
             "version": __version__,
             "chain_id": provider.chain_id,
             "services": services,
-            "backend": {"type": config.backend, "healthy": executions.backend_healthy()},
-            "capacity": {"max_executions": config.max_executions, "running": executions.running()},
+            "backend": {"type": config.backend, "healthy": healthy},
+            "capacity": {"max_executions": config.max_executions, "running": running},
         }
 
     @app.get(f"{API}/ddo/{{did}}")

@@ -16,6 +16,7 @@ from typing import Any
 from airflow_nevermined_fl import ddo
 from airflow_nevermined_fl.contracts.errors import ChainError, InvalidInputError
 from airflow_nevermined_fl.contracts.keeper import ComputeAgreement, StateError, UnknownAgreementError
+from airflow_nevermined_fl.contracts.timeouts import compute_time_out
 from airflow_nevermined_fl.gateway.config import Service
 from airflow_nevermined_fl.gateway.publish import load_assets
 from airflow_nevermined_fl.gateway.resources import FetchError, Provider
@@ -23,7 +24,6 @@ from airflow_nevermined_fl.gateway.workloads import (
     CoordinatorPlan,
     ParticipantPlan,
     module_of,
-    session_grant_seconds,
 )
 from airflow_nevermined_fl.protocol.announce import AnnouncementError, verify
 from airflow_nevermined_fl.runtime.config import SeatSpec
@@ -36,6 +36,7 @@ PARAMETERS = (
     "participantsRatio",
     "model",
     "heartbeat",
+    "sessionTimeout",
     "participants",
 )
 MAX_MODEL = 500_000_000
@@ -111,20 +112,23 @@ def check_execute(provider: Provider, caller: str, agreement_id: str, body: Any)
         raise Refusal(403, f"agreement for another provider's asset: {did} is not published by this gateway")
     if offer.reason:
         raise Refusal(503, f"service {offer.service.name} is not ready: {offer.reason}")
-    agreement = _verified_agreement(provider, terms, caller, did, offer.service.price)
     doc = verified_ddo(provider, workflow_did, caller, "workflow")
     if offer.service.type == "fl-coordinator":
         session_id, plan = _coordinator_plan(provider, workflow_did, doc)
     else:
         session_id, plan = _participant_plan(provider, caller, workflow_did, doc, did, offer.service)
+    min_time_out = compute_time_out(plan.session_timeout, provider.config.block_time)
+    agreement = _verified_agreement(provider, terms, caller, did, offer.service.price, min_time_out)
     return Order(offer.service, did, agreement, workflow_did, session_id, plan)
 
 
 def _verified_agreement(
-    provider: Provider, terms: dict[str, Any], caller: str, did: str, price: int
+    provider: Provider, terms: dict[str, Any], caller: str, did: str, price: int, min_time_out: int
 ) -> ComputeAgreement:
     try:
-        return provider.keeper.verify_compute_agreement(terms, consumer=caller, did=did, amount=price)
+        return provider.keeper.verify_compute_agreement(
+            terms, consumer=caller, did=did, amount=price, min_time_out=min_time_out
+        )
     except UnknownAgreementError as exc:
         raise Refusal(404, str(exc)) from None
     except InvalidInputError as exc:
@@ -253,7 +257,7 @@ def _participant_plan(
             coordinator_cert=announced["tls_cert"],
             model=stage["transformation"]["model"],
             heartbeat=float(parameters["heartbeat"]),
-            grant_seconds=session_grant_seconds(parameters),
+            session_timeout=float(parameters["sessionTimeout"]),
             dataset=str(service.dataset),
         )
         return session_id, plan

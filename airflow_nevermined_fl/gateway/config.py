@@ -5,7 +5,7 @@
   "name": "provider-1",
   "key_file": "/etc/nvfl/provider-1.key",          # the provider's private key (hex), mode 0600
   "chain": {"rpc_url": "http://127.0.0.1:8545", "deployment_file": "/etc/nvfl/deployment.json",
-            "chain_id": 31337},
+            "chain_id": 31337, "block_time": 12},  # block_time: seconds between blocks, at least
   "listen": {"host": "127.0.0.1", "port": 8030, "tls_cert": null, "tls_key": null},
   "public_url": null,                                # default: http(s)://<listen host>:<port>
   "state_dir": "/var/lib/nvfl-gateway/provider-1",   # executions, published DDOs, workload records
@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from airflow_nevermined_fl.contracts.timeouts import DEFAULT_BLOCK_TIME
 from airflow_nevermined_fl.netaddr import is_loopback
 
 ServiceType = Literal["fl-coordinator", "fl-participant"]
@@ -90,6 +91,7 @@ class GatewayConfig:
     storage: StorageConfig
     services: tuple[Service, ...]
     chain_id: int | None = None
+    block_time: float = DEFAULT_BLOCK_TIME
     host: str = "127.0.0.1"
     port: int = 0
     tls_cert: Path | None = None
@@ -160,6 +162,13 @@ def _service(data: Any, i: int) -> Service:
     return Service(name=_get(data, "name", str, where), type=kind, price=price, dataset=dataset)
 
 
+def _block_time(chain: dict[str, Any]) -> float:
+    value = _get(chain, "block_time", (int, float), "chain.", DEFAULT_BLOCK_TIME)
+    if value <= 0:
+        raise GatewayConfigError("chain.block_time: must be a number of seconds > 0")
+    return float(value)
+
+
 def parse(data: dict[str, Any]) -> GatewayConfig:
     """Validate a config document; :class:`GatewayConfigError` names the first bad field."""
     if not isinstance(data, dict):
@@ -200,6 +209,7 @@ def parse(data: dict[str, Any]) -> GatewayConfig:
         rpc_url=_get(chain, "rpc_url", str, "chain."),
         deployment_file=Path(_get(chain, "deployment_file", str, "chain.")),
         chain_id=_get(chain, "chain_id", int, "chain.", None),
+        block_time=_block_time(chain),
         state_dir=Path(_get(data, "state_dir", str, "")),
         storage=StorageConfig(
             endpoint_url=_get(storage, "endpoint_url", str, "storage."),

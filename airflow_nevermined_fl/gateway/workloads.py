@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from airflow_nevermined_fl.gateway.channel import (
-    MAX_GRANT_SECONDS,
     coordinator_files,
     coordinator_grants,
     data_grant,
@@ -31,11 +30,6 @@ LINGER = 600
 def session_prefix(session_id: str) -> str:
     """Storage prefix of a session's weights and final model."""
     return f"sessions/{session_id}"
-
-
-def session_grant_seconds(parameters: dict[str, Any]) -> int:
-    """How long a session's storage grants and certificate last (its ``sessionTimeout`` and a margin)."""
-    return grant_seconds(float(parameters.get("sessionTimeout") or MAX_GRANT_SECONDS))
 
 
 def coordinator_config(
@@ -92,9 +86,13 @@ class CoordinatorPlan:
     initial_model: str | None
     seats: tuple[SeatSpec, ...]
 
+    @property
+    def session_timeout(self) -> float:
+        return float(self.parameters["sessionTimeout"])
+
     def spec(self, launcher: Launcher, labels: Labels, provider: Provider) -> WorkloadSpec:
         """The coordinator with a fresh TLS key pair and grants on this provider's storage, no key."""
-        storage, seconds = provider.config.storage, session_grant_seconds(self.parameters)
+        storage, seconds = provider.config.storage, grant_seconds(self.session_timeout)
         session_id = self.parameters["sessionId"]
         grants = coordinator_grants(
             provider.s3, storage.bucket, session_prefix(session_id), self.seats, seconds, self.initial_model
@@ -120,7 +118,7 @@ class ParticipantPlan:
     coordinator_cert: str
     model: dict[str, Any]
     heartbeat: float
-    grant_seconds: int
+    session_timeout: float
     dataset: str = field(repr=False)
 
     def spec(self, launcher: Launcher, labels: Labels, provider: Provider) -> WorkloadSpec:
@@ -131,7 +129,7 @@ class ParticipantPlan:
         )
         dataset = self.dataset
         if dataset.startswith("s3://"):
-            dataset = data_grant(provider.s3, dataset, self.grant_seconds)
+            dataset = data_grant(provider.s3, dataset, grant_seconds(self.session_timeout))
         return WorkloadSpec.participant(
             labels,
             module_of(self.container["entrypoint"]),

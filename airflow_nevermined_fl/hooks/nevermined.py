@@ -3,7 +3,8 @@
 Connection (type ``nevermined``): ``host`` = JSON-RPC URL, ``password`` = the account's private key,
 extra ``deployment_file`` (JSON with chain id and per contract address + ABI) or ``addresses``
 (``{contract: address}``, ABIs from the compiled contracts), optional ``chain_id`` (checked against the node),
-``rpc_retries``, and ``gateway_ca_file`` (CA bundle for the providers' HTTPS gateways). The key is never
+``rpc_retries``, ``block_time`` (seconds between blocks, at least: sizes the agreements' refund
+time-out) and ``gateway_ca_file`` (CA bundle for the providers' HTTPS gateways). The key is never
 logged, returned, or put in XCom. The chain logic is the
 :class:`~airflow_nevermined_fl.contracts.keeper.Keeper`; this hook reads its settings from the connection.
 """
@@ -28,6 +29,7 @@ from airflow_nevermined_fl.contracts.keeper import (
     StateError,
     address_of,
 )
+from airflow_nevermined_fl.contracts.timeouts import DEFAULT_BLOCK_TIME
 
 __all__ = ["ComputeAgreement", "DidRecord", "NeverminedHook", "StateError"]
 
@@ -90,6 +92,14 @@ class NeverminedHook(BaseHook, Keeper):
                 raise InvalidInputError(f"{where}: password (the account's private key) is empty")
             self._account = account_from_key(conn.password, f"{where}: password")
         return self._account
+
+    @property
+    def block_time(self) -> float:
+        """Seconds between the chain's blocks, at least (extra ``block_time``; default Ethereum's 12)."""
+        value = self._extra.get("block_time", DEFAULT_BLOCK_TIME)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise InvalidInputError(f"{self.nevermined_conn_id}: extra block_time must be a number > 0")
+        return float(value)
 
     @property
     def gateway_ca_file(self) -> str | None:

@@ -27,7 +27,8 @@ class PublishModelOperator(SessionOperator):
 
     Output: ``model_did``, ``model_url``, ``model_sha256``, ``ddo_url``, ``final_accuracy``,
     ``rounds_metrics``, ``released`` ({provider: {"compute", "release"} tx hashes as the gateways
-    report them}), ``tx_hashes`` (model DID registration, provenance).
+    report them}), ``unpaid`` (data providers dropped from the session: refunded by the teardown),
+    ``tx_hashes`` (model DID registration, provenance).
     """
 
     template_fields = ("session", "workflow", "payments", "result")
@@ -70,7 +71,7 @@ class PublishModelOperator(SessionOperator):
         provenance = consumer.record_provenance(model_did, derived_from, "fl-session")
         provenance_tx = [entry["tx_hash"] for entry in provenance if entry["tx_hash"]]
         self.log.info("model %s registered (tx %s), derived from %s", model_did, record.tx_hash, derived_from)
-        released = self._settlements(consumer, as_list(self.payments))
+        released, unpaid = self._settlements(consumer, as_list(self.payments))
         for name, txs in released.items():
             self.log.info(
                 "%s: compute fulfilled (tx %s), escrow released (tx %s)", name, txs["compute"], txs["release"]
@@ -94,16 +95,21 @@ class PublishModelOperator(SessionOperator):
             "final_accuracy": self.result["final_accuracy"],
             "rounds_metrics": self.result["rounds_metrics"],
             "released": released,
+            "unpaid": unpaid,
             "tx_hashes": {"register": record.tx_hash, "provenance": provenance_tx},
         }
 
-    def _settlements(self, consumer: NeverminedHook, payments: list[dict[str, Any]]) -> dict[str, Any]:
+    def _settlements(
+        self, consumer: NeverminedHook, payments: list[dict[str, Any]]
+    ) -> tuple[dict[str, Any], list[str]]:
         """Each provider's settlement as its gateway reports it, once all are settled (a gateway that
-        does not answer for a while is asked again until ``settle_timeout``)."""
+        does not answer for a while is asked again until ``settle_timeout``), and the data providers
+        whose execution failed (dropped from a session that went on without them): not paid."""
         from airflow_nevermined_fl.protocol.client import GatewayError
 
         pending = {p["name"]: p for p in payments}
         settled: dict[str, Any] = {}
+        unpaid: list[str] = []
         deadline = time.monotonic() + self.settle_timeout
         while pending:
             for name, payment in list(pending.items()):
@@ -120,6 +126,14 @@ class PublishModelOperator(SessionOperator):
                         "release": settlement.get("release_tx"),
                     }
                     del pending[name]
+                elif status["state"] in UNSUCCESSFUL and payment["role"] != "coordinator":
+                    self.log.warning(
+                        "%s: its execution %s (dropped); it is not paid: its escrow is refunded",
+                        name,
+                        status["state"],
+                    )
+                    unpaid.append(name)
+                    del pending[name]
                 elif status["state"] in UNSUCCESSFUL:
                     raise AirflowFailException(f"{name}: its execution {status['state']}; it is not paid")
             if pending and time.monotonic() > deadline:
@@ -132,4 +146,4 @@ class PublishModelOperator(SessionOperator):
             states = consumer.condition_states(by_name(payments)[name]["agreement"])
             if states != {"compute": "fulfilled", "lock": "fulfilled", "escrow": "fulfilled"}:
                 raise AirflowFailException(f"{name}: gateway reports settled, but the chain says {states}")
-        return settled
+        return settled, unpaid

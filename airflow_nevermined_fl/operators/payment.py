@@ -1,4 +1,4 @@
-"""Payments: the consumer locks each provider's price in escrow; refunds on failure.
+"""Payments: the consumer locks each provider's price in escrow; refunds of work not done.
 
 The provider's gateway, not the consumer, fulfils the compute condition and releases its escrow once its
 work is done; the consumer never holds a provider's key.
@@ -8,15 +8,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from airflow_nevermined_fl.operators.base import SessionOperator, nevermined
+from airflow_nevermined_fl.contracts.timeouts import compute_time_out
+from airflow_nevermined_fl.operators.base import SessionOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from airflow_nevermined_fl.hooks.nevermined import NeverminedHook
+
 
 class LockPaymentOperator(SessionOperator):
     """Consumer locks one provider's price (from its asset DDO) in escrow: an EscrowComputeExecutionTemplate
-    agreement on the provider's asset DID, paying the provider's address.
+    agreement on the provider's asset DID, paying the provider's address. Its compute time-out (after which
+    the consumer may refund) is the session's ``session_timeout`` and a margin, in the chain's blocks.
 
     Mapped over the data providers (and once for the coordinator). Every step reads the chain first: a
     retry creates no second agreement and locks nothing twice.
@@ -40,7 +44,7 @@ class LockPaymentOperator(SessionOperator):
             p["did"],
             p["address"],
             p["price"],
-            time_out=self.conf["refund_after_blocks"],
+            time_out=compute_time_out(self.conf["session_timeout"], consumer.block_time),
         )
         lock_tx = consumer.lock_payment(agreement)
         self.log.info(
@@ -64,6 +68,35 @@ class LockPaymentOperator(SessionOperator):
         }
 
 
-def refund(consumer_conn_id: str, payment: dict[str, Any]) -> str | None:
-    """Consumer's refund of an unreleased payment, where the contracts allow it now."""
-    return nevermined(consumer_conn_id).refund(payment["agreement"])
+def refund_due(
+    consumer: NeverminedHook, payments: list[dict[str, Any]]
+) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
+    """Refund each of ``payments`` that the chain allows now: ``(outcome by provider name, {name: block
+    after which its refund is due})`` for those still waiting on their compute time-out. Outcomes:
+    ``refunded`` (with its tx, None when already done), ``released`` (paid: the work was done),
+    ``work done`` (the provider may still release), ``not locked``, ``waiting``, or ``error`` (the RPC)."""
+    from airflow_nevermined_fl.contracts.errors import ChainError
+
+    outcomes: dict[str, dict[str, Any]] = {}
+    waiting: dict[str, int] = {}
+    for payment in payments:
+        name, agreement = payment["name"], payment["agreement"]
+        try:
+            states = consumer.condition_states(agreement)
+            if states["escrow"] != "unfulfilled":
+                outcome = {"outcome": "refunded" if states["compute"] == "aborted" else "released"}
+            elif states["lock"] != "fulfilled":
+                outcome = {"outcome": "not locked"}
+            elif states["compute"] == "fulfilled":
+                outcome = {"outcome": "work done"}
+            elif (due := consumer.refund_block(agreement)) is not None and (
+                consumer.get_conn().w3.eth.block_number <= due
+            ):
+                waiting[name] = due
+                outcome = {"outcome": "waiting", "after_block": due}
+            else:
+                outcome = {"outcome": "refunded", "tx_hash": consumer.refund(agreement)}
+        except ChainError as err:
+            outcome = {"outcome": "error", "error": str(err)}
+        outcomes[name] = outcome
+    return outcomes, waiting

@@ -9,10 +9,10 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_nevermined_fl.operators.base import SessionOperator, as_list, by_name, gateway
-from airflow_nevermined_fl.operators.payment import refund
+from airflow_nevermined_fl.operators.payment import refund_due
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -87,7 +87,11 @@ class StartParticipantOperator(_ExecuteOperator):
 
 class TeardownSessionOperator(SessionOperator):
     """Teardown task: ``stop`` on every gateway the run paid (whichever step failed), their workloads' log
-    tails in this task's log, and on failure the consumer's refunds where the contracts allow."""
+    tails in this task's log; then the refund of every payment for work not done (all of them when no
+    model was published, else those ``publish_model`` reports unpaid). A refund the chain does not allow
+    yet (its agreement's compute time-out, derived from ``session_timeout``, has not passed) is waited for
+    in the triggerer (:class:`~..triggers.chain.BlockTrigger`), without a worker slot, then made: the run
+    ends with every token released or refunded. A lost RPC fails the try (retried: stops are idempotent)."""
 
     template_fields = ("session", "payments", "published")
     ui_color = "#f3d6d6"
@@ -104,8 +108,8 @@ class TeardownSessionOperator(SessionOperator):
         # Independent gateways: stopped side by side (each stop waits for its workload to end).
         with ThreadPoolExecutor(max_workers=min(8, len(payments) or 1)) as pool:
             stopped = list(pool.map(self._stop, clients, payments))
-        refunds = self._refund(payments) if self.session and not self.published else {}
-        return {"stopped": stopped, "refunds": refunds, "session_completed": bool(self.published)}
+        context["ti"].xcom_push(key="stopped", value=stopped)  # kept across the wait for refunds
+        return self._refund(context)
 
     def _stop(self, client: GatewayClient, payment: dict[str, Any]) -> dict[str, Any]:
         from airflow_nevermined_fl.protocol.client import GatewayError
@@ -128,14 +132,40 @@ class TeardownSessionOperator(SessionOperator):
             entry |= {"state": None, "error": str(err)}
         return entry
 
-    def _refund(self, payments: list[dict[str, Any]]) -> dict[str, Any]:
-        from airflow_nevermined_fl.contracts.errors import ChainError
+    def _unpaid(self) -> list[dict[str, Any]]:
+        """The payments whose work was not done: all without a published model, else its ``unpaid``."""
+        payments = as_list(self.payments) if self.session else []
+        if not self.published:
+            return payments
+        unpaid = set(self.published.get("unpaid") or [])
+        return [p for p in payments if p["name"] in unpaid]
 
-        refunds: dict[str, Any] = {}
-        for payment in payments:
-            try:
-                refunds[payment["name"]] = {"tx_hash": refund(self.conf["consumer_conn_id"], payment)}
-            except ChainError as err:  # e.g. the agreement's time-out has not passed yet: report, go on
-                self.log.warning("refund for %s not possible now: %s", payment["name"], err)
-                refunds[payment["name"]] = {"tx_hash": None, "error": str(err)}
-        return refunds
+    def _refund(self, context: Context) -> dict[str, Any]:
+        """Refund what is due now; defer until the chain passes the last time-out still waited for.
+        Output: ``stopped`` (each workload's end), ``refunds`` (each unpaid payment's outcome),
+        ``session_completed``."""
+        unpaid, consumer = self._unpaid(), self.consumer
+        outcomes, waiting = refund_due(consumer, unpaid) if unpaid else ({}, {})
+        stopped = context["ti"].xcom_pull(task_ids=self.task_id, key="stopped")
+        result = {"stopped": stopped, "refunds": outcomes, "session_completed": bool(self.published)}
+        for name, outcome in outcomes.items():
+            self.log.info("payment of %s: %s", name, outcome)
+        if errors := sorted(n for n, o in outcomes.items() if o["outcome"] == "error"):
+            raise AirflowException(f"refunds of {errors} failed (chain RPC); the retry refunds what is due")
+        if waiting:
+            from airflow_nevermined_fl.triggers.chain import BlockTrigger
+
+            block = max(waiting.values())
+            seconds = max(0, block - consumer.get_conn().w3.eth.block_number) * consumer.block_time
+            self.log.info(
+                "refunds of %s due after block %d (~%.0fs): waiting", sorted(waiting), block, seconds
+            )
+            trigger = BlockTrigger(self.conf["consumer_conn_id"], block, timeout=2 * seconds + 600)
+            self.defer(trigger=trigger, method_name="refund_when_due")
+        return result
+
+    def refund_when_due(self, context: Context, event: dict[str, Any] | None = None) -> Any:
+        """After the wait for the time-outs: refund (the chain decides again what is due)."""
+        if event is not None and event.get("status") != "success":
+            raise AirflowException(event.get("message") or f"waiting for the refunds failed: {event}")
+        return self._refund(context)

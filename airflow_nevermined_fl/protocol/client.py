@@ -17,6 +17,7 @@ from airflow_nevermined_fl.protocol import API
 from airflow_nevermined_fl.protocol.auth import signed_headers
 
 TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+"""Every gateway call: 5 s to connect, 30 s for each read, write and pool wait."""
 
 
 class GatewayError(RuntimeError):
@@ -35,14 +36,34 @@ def _answer(endpoint: str, response: httpx.Response) -> Any:
     if response.status_code >= 400:
         try:
             detail = response.json().get("detail", response.text)
-        except ValueError:
+        except (ValueError, AttributeError):
             detail = response.text
         raise GatewayError(endpoint, response.status_code, detail)
-    return response.json()
+    try:
+        return response.json()
+    except ValueError:
+        call = f"{response.request.method} {response.request.url.path}"
+        raise GatewayError(endpoint, response.status_code, f"{call}: the answer is not JSON") from None
+
+
+def _lost(endpoint: str, call: str, exc: httpx.HTTPError, timeout: httpx.Timeout | float) -> GatewayError:
+    """The :class:`GatewayError` (no status: no answer) of a transport failure of ``call``."""
+    limits = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+    bound = {
+        httpx.ConnectTimeout: ("no connection within", limits.connect),
+        httpx.ReadTimeout: ("no answer within", limits.read),
+        httpx.WriteTimeout: ("could not send within", limits.write),
+        httpx.PoolTimeout: ("no free connection within", limits.pool),
+    }.get(type(exc))
+    what = f"unreachable: {bound[0]} {bound[1]:g} s" if bound and bound[1] is not None else "unreachable"
+    detail = f": {exc}" if str(exc) else ""
+    return GatewayError(endpoint, None, f"{call}: {what}: {type(exc).__name__}{detail}")
 
 
 class GatewayClient:
-    """Calls to one gateway at ``endpoint`` (``http(s)://host:port``)."""
+    """Calls to one gateway at ``endpoint`` (``http(s)://host:port``), each bounded by ``timeout``
+    (default :data:`TIMEOUT`); a gateway that cannot be reached or does not answer in time is a
+    :class:`GatewayError` without status code naming the gateway and the call."""
 
     def __init__(
         self,
@@ -85,7 +106,7 @@ class GatewayClient:
                     method, self.endpoint + path, content=body, headers=headers, params=params
                 )
         except httpx.HTTPError as exc:
-            raise GatewayError(self.endpoint, None, f"unreachable: {type(exc).__name__}: {exc}") from None
+            raise _lost(self.endpoint, f"{method} {path}", exc, self._timeout) from None
         return _answer(self.endpoint, response)
 
     async def arequest(self, method: str, path: str, payload: Any = None) -> Any:
@@ -94,7 +115,7 @@ class GatewayClient:
             async with httpx.AsyncClient(verify=self._verify, timeout=self._timeout) as http:
                 response = await http.request(method, self.endpoint + path, content=body, headers=headers)
         except httpx.HTTPError as exc:
-            raise GatewayError(self.endpoint, None, f"unreachable: {type(exc).__name__}: {exc}") from None
+            raise _lost(self.endpoint, f"{method} {path}", exc, self._timeout) from None
         return _answer(self.endpoint, response)
 
     # -- public ---------------------------------------------------------------------------------------------
@@ -124,18 +145,27 @@ class GatewayClient:
     def logs(self, agreement_id: str, tail: int = 100) -> str:
         return self.request("GET", f"{API}/compute/logs/{agreement_id}", params={"tail": tail})["logs"]
 
-    def follow_logs(self, agreement_id: str) -> Iterator[str]:
-        """The workload's log lines as they are written, until it ends."""
+    def follow_logs(self, agreement_id: str, idle_timeout: float | None = None) -> Iterator[str]:
+        """The workload's log lines as they are written, until it ends. Connecting is bounded like every
+        call; a silent workload writes nothing for long, so the wait for the next line is unbounded unless
+        ``idle_timeout`` (s) is given."""
         path = f"{API}/compute/logs/{agreement_id}"
         _, headers = self._prepare("GET", path, None)
-        with (
-            httpx.Client(verify=self._verify, timeout=httpx.Timeout(None, connect=5.0)) as http,
-            http.stream("GET", self.endpoint + path, headers=headers, params={"follow": "true"}) as response,
-        ):
-            if response.status_code >= 400:
-                response.read()
-                _answer(self.endpoint, response)
-            yield from response.iter_lines()
+        base = self._timeout if isinstance(self._timeout, httpx.Timeout) else httpx.Timeout(self._timeout)
+        timeout = httpx.Timeout(connect=base.connect, read=idle_timeout, write=base.write, pool=base.pool)
+        try:
+            with (
+                httpx.Client(verify=self._verify, timeout=timeout) as http,
+                http.stream(
+                    "GET", self.endpoint + path, headers=headers, params={"follow": "true"}
+                ) as response,
+            ):
+                if response.status_code >= 400:
+                    response.read()
+                    _answer(self.endpoint, response)
+                yield from response.iter_lines()
+        except httpx.HTTPError as exc:
+            raise _lost(self.endpoint, f"GET {path}?follow=true", exc, timeout) from None
 
     def stop(self, agreement_id: str) -> dict[str, Any]:
         return self.request("POST", f"{API}/compute/stop/{agreement_id}")

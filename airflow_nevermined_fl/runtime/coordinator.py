@@ -46,6 +46,7 @@ from xain_proto.fl.coordinator_pb2 import (
     EndTrainingRoundResponse,
     RendezvousReply,
     RendezvousRequest,
+    RendezvousResponse,
     StartTrainingRoundRequest,
     State,
 )
@@ -122,7 +123,9 @@ class SessionCoordinator(Coordinator):
         self.rounds_metrics: list[dict[str, Any]] = []
         self.last_progress = time.monotonic()
         self._round_started: dict[int, float] = {}
-        self._round_updates: list[tuple[int, dict[str, float]]] = []
+        self._round_updates: dict[str, tuple[int, dict[str, float]]] = {}  # this round's, by participant
+        self._round_messages: dict[str, Any] = {}
+        self.min_participants = config.min_participants
         super().__init__(
             global_weights_writer=GlobalWeightsWriter(exchange),
             local_weights_reader=LocalWeightsReader(exchange, self.upload_spec),
@@ -182,9 +185,46 @@ class SessionCoordinator(Coordinator):
         with self.lock:
             before = self._fingerprint()
             super().remove_participant(participant_id)
+            self._round_updates.pop(participant_id, None)
+            self._round_messages.pop(participant_id, None)
             if self.seats is not None:
                 self.seats.release(participant_id)
+                self._degrade()
             self._observe(before)
+
+    def _handle_rendezvous(self, message: Any, participant_id: str) -> Any:
+        """xain's rendezvous; once a secure session has its minimum, a further seated provider is accepted
+        too (selected from the next round on, or to replace a dropped one) instead of told LATER."""
+        if self.seats is None or self.participants.len() < self.minimum_connected_participants:
+            return super()._handle_rendezvous(message, participant_id)
+        self.participants.add(participant_id)
+        logger.info(
+            "Accepted participant",
+            participant_id=participant_id,
+            current_participants_count=self.participants.len(),
+        )
+        return RendezvousResponse(reply=RendezvousReply.ACCEPT)
+
+    def _degrade(self) -> None:
+        """After a drop in a started session: go on with the participants left while they are at least
+        ``min_participants`` (refill the round from them, and close it if the rest already reported)."""
+        connected = self.participants.len()
+        started = bool(self._round_started)
+        if not started or self.state == State.FINISHED or connected < self.min_participants:
+            return
+        selected = self.round.participant_ids
+        logger.warning("Degraded", participants=connected, min_participants=self.min_participants)
+        self.minimum_connected_participants = min(self.minimum_connected_participants, connected)
+        missing = self.minimum_participants_in_round - len(selected)
+        if missing > 0:
+            self.round.add_selected([p for p in self.participants.ids() if p not in selected][:missing])
+        self.state = State.ROUND
+        reported = [pid for pid in self.round.participant_ids if pid in self._round_messages]
+        if reported and self.round.is_finished():  # the dropped one was all the round waited for
+            round_, last = self.current_round, reported[-1]
+            del self.round.updates[last]  # xain aggregates on an end of round: replay the last one
+            Coordinator._handle_end_training_round(self, self._round_messages[last], last)
+            self._close_round(round_)
 
     def expire_participants(self) -> None:
         """Remove participants whose heartbeat expired (xain's monitor, without its unlocked iteration)."""
@@ -206,7 +246,8 @@ class SessionCoordinator(Coordinator):
             self.remove_participant(participant_id)
             raise
         if selected:
-            self._round_updates.append((message.number_samples, _round_metrics(message.metrics)))
+            self._round_updates[participant_id] = (message.number_samples, _round_metrics(message.metrics))
+            self._round_messages[participant_id] = message
         if self.state == State.FINISHED or self.current_round != round_:
             self._close_round(round_)
         return response
@@ -214,7 +255,8 @@ class SessionCoordinator(Coordinator):
     def _close_round(self, round_: int) -> None:
         now = time.time()
         started = self._round_started.get(round_, now)
-        updates, self._round_updates = self._round_updates, []
+        updates = list(self._round_updates.values())
+        self._round_updates, self._round_messages = {}, {}
         self.rounds_metrics.append(
             {
                 "round": round_,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -82,9 +83,26 @@ def test_connection_uris_round_trip_through_airflow(devchain: dict[str, Any]) ->
     }
     conn = Connection.from_uri(uris["nevermined_provider_2"], conn_id="x")
     assert conn.conn_type == "nevermined" and conn.host == devchain["rpc_url"]
-    assert conn.extra_dejson == {"deployment_file": devchain["deployment_file"], "chain_id": 31337}
+    assert conn.extra_dejson == {
+        "deployment_file": devchain["deployment_file"],
+        "chain_id": 31337,
+        "block_time": chain.BLOCK_TIME,
+    }
     assert conn.password == chain.account(chain.DATA_PROVIDERS[1]).key.to_0x_hex()
     # A consumer's Airflow gets its own connection alone.
     consumer = Connection.from_uri(chain.consumer_connection_uri(devchain), conn_id=chain.CONSUMER_CONN_ID)
     assert consumer.password == chain.account(chain.CONSUMER).key.to_0x_hex()
     assert consumer.get_uri() == uris[chain.CONSUMER_CONN_ID]
+
+
+def test_the_dev_chain_mines_with_time(devchain: dict[str, Any]) -> None:
+    """A block every second even without transactions (anvil --block-time 1 --mixed-mining): block-based
+    time-outs, such as an agreement's refund, pass with time as on a real chain."""
+    from airflow_nevermined_fl.contracts.client import connect
+
+    w3 = connect(devchain["rpc_url"])
+    first = w3.eth.block_number
+    deadline = time.monotonic() + 10
+    while w3.eth.block_number < first + 2:
+        assert time.monotonic() < deadline, "no block mined for lack of transactions"
+        time.sleep(0.2)

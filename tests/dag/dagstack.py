@@ -149,6 +149,11 @@ def process_gone(pid: int, wait: float = 5.0) -> bool:
     return False
 
 
+def child_pids(pid: int) -> list[int]:
+    """The children of process ``pid`` (e.g. a workload under its exit-code shell)."""
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
 def gateway_workloads(stack: Stack, agreement_ids: set[str]) -> list[tuple[LocalLauncher, Workload]]:
     """The workloads the stack's gateways started for these agreements (their launcher, the workload)."""
     found = []

@@ -49,6 +49,7 @@ def gateway_config(
     s3_state: dict[str, Any],
     services: list[dict[str, Any]],
     listen: dict[str, Any],
+    max_executions: int = 4,
 ) -> Path:
     """Write a gateway's key file, storage credentials and config under ``directory``; the config's path."""
     creds = {"access_key": s3_state["access_key"], "secret_key": s3_state["secret_key"]}
@@ -59,6 +60,7 @@ def gateway_config(
             "rpc_url": chain_state["rpc_url"],
             "deployment_file": chain_state["deployment_file"],
             "chain_id": chain_state["chain_id"],
+            "block_time": chain_state["block_time"],
         },
         "listen": listen,
         "state_dir": str(directory / "state"),
@@ -69,7 +71,7 @@ def gateway_config(
             "credentials_file": str(write_secret(directory / "s3.json", json.dumps(creds))),
         },
         "services": services,
-        "max_executions": 4,
+        "max_executions": max_executions,
         "auth_max_age": 60,
     }
     path = directory / "gateway.json"
@@ -123,13 +125,14 @@ def start_gateway(
     s3_state: dict[str, Any],
     services: list[dict[str, Any]],
     tls: tuple[Path, Path] | None = None,
+    max_executions: int = 4,
 ) -> Gateway:
     """Publish the gateway's services (``nvfl gateway publish``), then serve it as its own process."""
     port = process.free_port()
     listen: dict[str, Any] = {"host": "127.0.0.1", "port": port}
     if tls:
         listen.update(tls_cert=str(tls[0]), tls_key=str(tls[1]))
-    config = gateway_config(directory, name, account, chain_state, s3_state, services, listen)
+    config = gateway_config(directory, name, account, chain_state, s3_state, services, listen, max_executions)
     published = nvfl("gateway", "publish", "--config", str(config), "--json")
     assert published.returncode == 0, published.stderr
     pid = process.start([str(NVFL), "gateway", "serve", "--config", str(config)], directory / "gateway.log")
@@ -198,11 +201,14 @@ class Consumer:
             method, gateway.endpoint + path, content=body, headers=headers, verify=gateway.ca_file or True
         )
 
-    def agreement(self, gateway: Gateway, service: str, lock: bool = True) -> dict[str, Any]:
-        """A new compute agreement on the asset of ``service`` at its price, paid unless not ``lock``."""
+    def agreement(
+        self, gateway: Gateway, service: str, lock: bool = True, time_out: int = 1000
+    ) -> dict[str, Any]:
+        """A new compute agreement on the asset of ``service`` at its price, paid unless not ``lock``,
+        refundable after ``time_out`` blocks."""
         asset = gateway.asset(service)
         agreement = self.keeper.create_compute_agreement(
-            "0x" + secrets.token_hex(32), asset["did"], gateway.address, asset["price"], time_out=1000
+            "0x" + secrets.token_hex(32), asset["did"], gateway.address, asset["price"], time_out=time_out
         )
         if lock:
             self.keeper.lock_payment(agreement)

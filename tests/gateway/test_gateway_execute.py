@@ -5,15 +5,17 @@ and leaving no process. Only the consumer may see or stop it."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from eth_account import Account
 from eth_account.messages import encode_defunct
-from gatewaystack import Consumer, Gateway, wait_for
+from gatewaystack import Consumer, Gateway, start_gateway, stop_gateway, wait_for
 
 from airflow_nevermined_fl import process
 from airflow_nevermined_fl.devtools import data
+from airflow_nevermined_fl.devtools.devstack import chain
 from airflow_nevermined_fl.gateway.launchers import Workload
 from airflow_nevermined_fl.gateway.launchers.local import LocalLauncher
 from airflow_nevermined_fl.protocol import announce
@@ -100,3 +102,30 @@ def test_coordinator_execute_status_logs_stop(
     answers = json.dumps([started, retried, status, stopped]) + logs
     for secret in secrets_of:
         assert secret not in answers
+
+
+def test_a_full_gateway_says_so_before_anyone_pays(
+    tmp_path: Path,
+    gw_chain: dict[str, Any],
+    seaweed: dict[str, Any],
+    data_gw: Gateway,
+    consumer: Consumer,
+    manifest: dict[str, Any],
+    session_id: str,
+) -> None:
+    """At capacity, ``info`` reports the service not ready (what ``validate`` checks before any lock), and
+    an ``execute`` would be refused: the consumer learns it before paying."""
+    services = [{"name": "coordinator", "type": "fl-coordinator", "price": 10}]
+    full = start_gateway(
+        tmp_path, "coordinator", chain.COORDINATOR_PROVIDER, gw_chain, seaweed, services, max_executions=1
+    )
+    try:
+        client = consumer.client(full)
+        assert client.info()["services"][0]["ready"] is True
+        seats = [data_gw.asset("provider-1-s3")["did"]]
+        workflow = consumer.coordinator_workflow(full, session_id, data.softmax_model(manifest), seats)
+        client.execute(consumer.agreement(full, "coordinator"), workflow)
+        (service,) = client.info()["services"]
+        assert (service["ready"], service["reason"]) == (False, "at capacity (1 executions running)")
+    finally:
+        stop_gateway(full)

@@ -131,6 +131,15 @@ def test_lock_not_fulfilled(coordinator_gw: Gateway, consumer: Consumer, order: 
     _refused(coordinator_gw, order, 409, "is not locked (lock condition unfulfilled)", error)
 
 
+def test_time_out_shorter_than_the_session(
+    coordinator_gw: Gateway, consumer: Consumer, order: dict[str, Any]
+) -> None:
+    """The consumer could refund before an honest session (600 s here) ends: refused before any launch."""
+    order["agreement"] = consumer.agreement(coordinator_gw, "coordinator", time_out=100)
+    error = _execute_error(consumer.client(coordinator_gw), order)
+    _refused(coordinator_gw, order, 409, "times out after 100 blocks, before the session could end", error)
+
+
 def test_workflow_ddo_checksum_mismatch(
     coordinator_gw: Gateway, consumer: Consumer, order: dict[str, Any]
 ) -> None:

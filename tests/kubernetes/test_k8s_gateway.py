@@ -111,7 +111,7 @@ def test_a_refused_launch_names_no_dataset_location(
         coordinator_cert=key_pair("s-1", 600).cert_pem,
         model={"name": "softmax", "num_classes": 10},
         heartbeat=1.0,
-        grant_seconds=600,
+        session_timeout=600,
         dataset=HIDDEN_DATASET,
     )
     order = SimpleNamespace(

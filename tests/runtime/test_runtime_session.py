@@ -305,13 +305,14 @@ def _kill_accepted_participant(coordinator: Coordinator, procs: list[RuntimeProc
     return victim
 
 
-def test_killed_participant_is_replaced_by_a_spare_and_session_finishes(
+def test_killed_participant_degrades_the_session_which_finishes(
     make_config: Callable[..., dict[str, Any]],
     channel: SessionChannel,
     shards: dict[str, Any],
     tmp_path: Path,
 ) -> None:
-    """Three seats, two a round: the spare's seat is free until it is accepted in place of the killed one."""
+    """Three seats, min_participants 2: every seated provider is accepted (the third from the second round
+    on); one killed mid-session, the session goes on with the two left (>= min) instead of stalling."""
     config = make_config(rounds=6, epochs=1, min_participants=2, heartbeat_timeout=2)
     with _session(config, channel, shards, tmp_path) as (coordinator, participants):
         victim = _kill_accepted_participant(coordinator, participants)
@@ -321,6 +322,8 @@ def test_killed_participant_is_replaced_by_a_spare_and_session_finishes(
     assert codes.pop(victim.name) == -signal.SIGKILL
     assert list(codes.values()) == [0, 0]
     assert status["refused_calls"] == 0 and status["refused_uploads"] == 0
+    assert [m["participants"] for m in status["rounds_metrics"]][-1] == 2
+    assert "event='Degraded'" in coordinator.process.log.read_text()
 
 
 def test_killed_participant_without_spare_fails_within_stall_time(

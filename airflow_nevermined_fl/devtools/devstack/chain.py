@@ -24,6 +24,7 @@ OWNER, CONSUMER, COORDINATOR_PROVIDER = 0, 1, 2
 DATA_PROVIDERS = (3, 4, 5)
 CONSUMER_TOKENS = 1_000_000 * 10**18
 CONSUMER_CONN_ID = "nevermined_consumer"
+BLOCK_TIME = 1  # seconds between the embedded chain's interval blocks
 
 
 def account(index: int) -> LocalAccount:
@@ -54,13 +55,16 @@ def up(home: Path, previous: dict[str, Any] | None) -> dict[str, Any]:
     chain_home = home / "chain"
     port = int(os.environ.get("NVFL_CHAIN_PORT") or process.free_port(HOST))
     argv = [str(anvil_binary()), "--host", HOST, "--port", str(port), "--chain-id", str(CHAIN_ID)]
-    argv += ["--mnemonic", MNEMONIC, "--accounts", "10"]
+    # A block every BLOCK_TIME seconds and each transaction at once: block-based time-outs (refunds) pass
+    # with time, as on a real chain, and transactions need not wait for the next block.
+    argv += ["--mnemonic", MNEMONIC, "--accounts", "10", "--block-time", str(BLOCK_TIME), "--mixed-mining"]
     pid = process.start(argv, chain_home / "anvil.log")
     state: dict[str, Any] = {
         "pid": pid,
         "port": port,
         "rpc_url": f"http://{HOST}:{port}",
         "chain_id": CHAIN_ID,
+        "block_time": BLOCK_TIME,
         "deployment_file": str(chain_home / "deployment.json"),
         "log": str(chain_home / "anvil.log"),
     }
@@ -99,7 +103,13 @@ def _connection_uri(state: dict[str, Any], conn_id: str, index: int) -> str:
         conn_type="nevermined",
         host=state["rpc_url"],
         password=account(index).key.to_0x_hex(),
-        extra=json.dumps({"deployment_file": state["deployment_file"], "chain_id": state["chain_id"]}),
+        extra=json.dumps(
+            {
+                "deployment_file": state["deployment_file"],
+                "chain_id": state["chain_id"],
+                "block_time": state.get("block_time", BLOCK_TIME),
+            }
+        ),
     ).get_uri()
 
 

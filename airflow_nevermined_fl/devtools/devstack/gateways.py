@@ -125,6 +125,7 @@ def config_document(
             "rpc_url": chain_state["rpc_url"],
             "deployment_file": chain_state["deployment_file"],
             "chain_id": chain_state["chain_id"],
+            "block_time": chain_state.get("block_time", 1),
         },
         "listen": {"host": HOST, "port": port},
         "state_dir": str(directory / "state"),

@@ -11,6 +11,8 @@ Its ``extra`` says where the engine is and how workloads are reached:
 - ``mounts``: ``["SRC:DST[:ro]", ...]`` host paths of the Docker host made visible to workloads (a
   provider's data next to its participant: a workload's local dataset must be under one of the DSTs).
 - ``tls_ca_cert``, ``tls_client_cert``, ``tls_client_key``: client TLS files for a ``tcp://`` engine.
+- ``timeout``: seconds each call to the engine may take (default 60; ``stop`` adds its grace period).
+  An engine that cannot be reached or does not answer in time is a :class:`DockerEngineError` naming it.
 The connection's host/login/password, when set, are the image registry the docker provider logs in to.
 
 Containers use host networking (the ports the operators chose with ``free_port``), run under
@@ -53,6 +55,8 @@ LABEL_KEYS = ("dag_id", "run_id", "task_id", "role", "name")
 WORKDIR = "/nvfl/work"
 DEFAULT_IMAGE = f"{ddo.RUNTIME_IMAGE}:{__version__}"
 STOP_TIMEOUT = 10
+ENGINE_TIMEOUT = 60.0
+"""Seconds one call to the Docker engine may take (the SDK's ``timeout``), unless the connection sets one."""
 KEPT_LOG_LINES = 500
 _EXTRA_FIELDS = {
     "docker_url": str,
@@ -61,11 +65,15 @@ _EXTRA_FIELDS = {
     "tls_ca_cert": str,
     "tls_client_cert": str,
     "tls_client_key": str,
-}
+}  # and "timeout": a number
 
 
 class DockerConfigError(ValueError):
     """The Docker connection's settings are invalid (raised before anything is started)."""
+
+
+class DockerEngineError(RuntimeError):
+    """The Docker engine could not be reached or did not answer within the timeout; names the engine."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,7 @@ class DockerTarget:
     mounts: tuple[str, ...] = ()
     tls: tuple[str, str, str] | None = None
     registry_login: bool = False
+    timeout: float = ENGINE_TIMEOUT
 
     @classmethod
     def from_extra(cls, extra: dict[str, Any], where: str, registry_login: bool = False) -> DockerTarget:
@@ -93,6 +102,9 @@ class DockerTarget:
             absolute = len(parts) in (2, 3) and parts[0].startswith("/") and parts[1].startswith("/")
             if not absolute or parts[2:] not in ([], ["ro"], ["rw"]):
                 raise DockerConfigError(f"{where}.extra.mounts: expected absolute SRC:DST[:ro]: {mount!r}")
+        timeout = extra.get("timeout", ENGINE_TIMEOUT)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < 1e6:
+            raise DockerConfigError(f"{where}.extra.timeout: expected a positive number of seconds")
         tls_files = [extra.get(k) for k in ("tls_ca_cert", "tls_client_cert", "tls_client_key")]
         if any(tls_files) and not all(tls_files):
             raise DockerConfigError(f"{where}.extra: give all tls_ca_cert tls_client_cert tls_client_key")
@@ -103,6 +115,7 @@ class DockerTarget:
             mounts=mounts,
             tls=tuple(tls_files) if all(tls_files) else None,  # type: ignore[arg-type]
             registry_login=registry_login,
+            timeout=float(timeout),
         )
 
 
@@ -141,6 +154,39 @@ def _files_tar(files: dict[str, str], secret_files: dict[str, str], user: str) -
     return buffer.getvalue()
 
 
+class _BoundedClient:
+    """An ``APIClient`` whose transport failures are :class:`DockerEngineError` naming the engine and the
+    call; the engine's own answers (``APIError``: ``NotFound``, ``ImageNotFound``...) pass unchanged."""
+
+    def __init__(self, api: APIClient, url: str, timeout: float) -> None:
+        self._api, self._url, self._timeout = api, url, timeout
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._api, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            import requests
+            from docker.errors import APIError, DockerException
+
+            try:
+                return attr(*args, **kwargs)
+            except APIError:
+                raise
+            except requests.Timeout as exc:
+                raise DockerEngineError(
+                    f"docker engine {self._url}: no answer within {self._timeout:g} s to {name}:"
+                    f" {type(exc).__name__}"
+                ) from None
+            except (requests.RequestException, DockerException) as exc:
+                raise DockerEngineError(
+                    f"docker engine {self._url}: unreachable during {name}: {type(exc).__name__}"
+                ) from None
+
+        return call
+
+
 def check_dataset(spec: WorkloadSpec, target: DockerTarget, where: str) -> None:
     """Refuse a local dataset no mount of the connection makes visible, before anything is created."""
     path = spec.local_dataset
@@ -171,7 +217,11 @@ class DockerLauncher(Launcher):
 
     @cached_property
     def client(self) -> APIClient:
+        """The engine's API client: each call bounded by ``target.timeout``, a lost engine a
+        :class:`DockerEngineError`."""
+        from airflow.exceptions import AirflowException
         from airflow.providers.docker.hooks.docker import DockerHook
+        from docker.errors import APIError, DockerException
 
         target = self.target
         tls = DockerHook.construct_tls_config(*target.tls) if target.tls else None
@@ -180,8 +230,18 @@ class DockerLauncher(Launcher):
             base_url=target.url,
             version="auto",
             tls=tls,
+            timeout=target.timeout,  # type: ignore[arg-type]  # requests takes float seconds
         )
-        return hook.get_conn()
+        try:
+            api = hook.get_conn()
+        except APIError:
+            raise
+        except (AirflowException, DockerException, OSError) as exc:
+            raise DockerEngineError(
+                f"docker engine {target.url}: unreachable while connecting (each call bounded by"
+                f" {target.timeout:g} s): {type(exc).__name__}"
+            ) from None
+        return _BoundedClient(api, target.url, target.timeout)  # type: ignore[return-value]
 
     def _inspect(self, ref: str) -> dict[str, Any] | None:
         from docker.errors import NotFound

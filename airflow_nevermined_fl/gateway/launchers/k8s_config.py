@@ -12,7 +12,10 @@ reads its own settings from the connection's extra under the key ``nvfl`` (a JSO
         "service_account": "fl-runner", "image_pull_secrets": ["regcred"],
         "image_pull_policy": "IfNotPresent",
         "dataset_volume": {"host_path": "/srv/fl-data"},
-        "active_deadline_seconds": 86400, "load_balancer_timeout": 300, "grace_period_seconds": 5}}
+        "active_deadline_seconds": 86400, "load_balancer_timeout": 300, "grace_period_seconds": 5,
+        "request_timeout": 60}}
+
+``request_timeout`` bounds each call to the cluster's API server (seconds, the client's ``_request_timeout``).
 """
 
 from __future__ import annotations
@@ -89,6 +92,7 @@ SCHEMA: dict[str, Any] = {
         "active_deadline_seconds": {"type": "integer", "minimum": 1},
         "load_balancer_timeout": {"type": "number", "minimum": 1},
         "grace_period_seconds": {"type": "integer", "minimum": 0},
+        "request_timeout": {"type": "number", "exclusiveMinimum": 0},
     },
 }
 
@@ -115,6 +119,7 @@ class ProviderConfig:
     active_deadline_seconds: int = 86400
     load_balancer_timeout: float = 300.0
     grace_period_seconds: int = 5
+    request_timeout: float = 60.0
 
     @property
     def dataset_mount_path(self) -> str | None:

@@ -6,12 +6,17 @@ travel in a ConfigMap, its secret environment and its secret files each in a Sec
 spec); these and the Service carry an owner reference to the pod, so deleting the pod garbage-collects
 them. Teardown deletes by label (``stop_run``), which also catches objects whose pod was never created. A
 pod that outlives a lost teardown is still bounded by ``activeDeadlineSeconds``.
+
+Every API call carries ``_request_timeout`` (``extra.nvfl.request_timeout``, default 60 s); an API server
+that cannot be reached or does not answer in time is a :class:`KubernetesUnreachableError` naming the
+connection, its server and the call (the server's own answers stay ``ApiException``).
 """
 
 from __future__ import annotations
 
 import itertools
 import time
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow_nevermined_fl.gateway.launchers import k8s_manifests as m
@@ -38,6 +43,42 @@ def _not_found(err: Exception) -> bool:
     return getattr(err, "status", None) == 404
 
 
+class KubernetesUnreachableError(RuntimeError):
+    """The cluster's API server could not be reached or did not answer within the request timeout."""
+
+
+_CALLS = ("read_", "list_", "create_", "patch_", "delete_", "replace_")
+
+
+class _BoundedApi:
+    """A ``CoreV1Api`` whose calls carry ``_request_timeout`` and whose transport failures (urllib3's, after
+    its bounded retries) are :class:`KubernetesUnreachableError`; other attributes pass through."""
+
+    def __init__(self, api: CoreV1Api, timeout: float, where: str) -> None:
+        self._api, self._timeout, self._where = api, timeout, where
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._api, name)
+        if not name.startswith(_CALLS) or not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            from urllib3.exceptions import HTTPError, MaxRetryError, NewConnectionError, TimeoutError
+
+            kwargs.setdefault("_request_timeout", self._timeout)
+            try:
+                return attr(*args, **kwargs)
+            except HTTPError as exc:
+                reason = exc.reason if isinstance(exc, MaxRetryError) and exc.reason else exc
+                timed_out = isinstance(reason, TimeoutError) and not isinstance(reason, NewConnectionError)
+                what = f"no answer within {self._timeout:g} s" if timed_out else "unreachable"
+                raise KubernetesUnreachableError(
+                    f"{self._where}: {what} during {name}: {type(reason).__name__}"
+                ) from None
+
+        return call
+
+
 class KubernetesLauncher(Launcher):
     backend = "kubernetes"
     bind_host = "0.0.0.0"
@@ -60,9 +101,13 @@ class KubernetesLauncher(Launcher):
         self._ports = itertools.count(FIRST_PORT)
         self._final: dict[str, tuple[WorkloadStatus, str]] = {}  # what stop() saw before deleting
 
-    @property
+    @cached_property
     def api(self) -> CoreV1Api:
-        return self.hook.core_v1_client
+        """The API client: each call bounded by ``request_timeout``, a lost server a clear error."""
+        api = self.hook.core_v1_client
+        host = getattr(getattr(api.api_client, "configuration", None), "host", None) or "?"
+        where = f"kubernetes connection {self.conn_id!r} (API server {host})"
+        return _BoundedApi(api, self.config.request_timeout, where)  # type: ignore[return-value]
 
     def free_port(self) -> int:
         return next(self._ports)
@@ -113,6 +158,8 @@ class KubernetesLauncher(Launcher):
             return self.config.advertised_host
         try:
             nodes = self.api.list_node().items
+        except KubernetesUnreachableError:
+            raise
         except Exception as err:
             raise KubernetesConfigError(
                 f"kubernetes connection {self.conn_id!r}: extra.nvfl.advertised_host: required for a "
@@ -217,6 +264,8 @@ class KubernetesLauncher(Launcher):
         except Exception as err:
             if workload.id in self._final:
                 return "\n".join(self._final[workload.id][1].splitlines()[-tail:])
+            if isinstance(err, KubernetesUnreachableError):
+                raise
             pod = self._read("pod", name)
             if pod is None:
                 return f"(pod {workload.id} is gone; its log went with it)"

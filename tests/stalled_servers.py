@@ -1,0 +1,150 @@
+"""Dependencies that fail the way real ones do, for the bounded-call tests: a port nobody listens on, a
+socket that takes connections and never answers, a tiny HTTP server with scripted answers, and a JSON-RPC
+proxy in front of a real node that can hang or drop chosen methods (after forwarding them, or before)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from airflow_nevermined_fl import process
+
+HANG_LIMIT = 60.0  # a stalled handler gives up after this (its client must have timed out long before)
+
+
+def closed_url(scheme: str = "http") -> str:
+    """A URL of 127.0.0.1 on a port nothing listens on: connection refused."""
+    return f"{scheme}://127.0.0.1:{process.free_port()}"
+
+
+class SilentServer:
+    """Accepts TCP connections and never answers (reads and drops whatever is sent)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.accepted = 0
+        self._conns: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self) -> None:
+        self.sock.settimeout(0.1)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.accepted += 1
+            self._conns.append(conn)  # kept open, never written to
+
+    def __enter__(self) -> SilentServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        for conn in self._conns:
+            conn.close()
+        self.sock.close()
+
+
+HANG, DROP = "hang", "drop"
+Route = Callable[[BaseHTTPRequestHandler, bytes], "tuple[int, str, bytes] | str"]
+
+
+class ScriptedHttpServer:
+    """An HTTP server whose ``route(handler, body)`` answers ``(status, content type, body)``, or ``HANG``
+    (no answer until the server stops) or ``DROP`` (the connection closed without an answer)."""
+
+    def __init__(self, route: Route) -> None:
+        self.route = route
+        self.released = threading.Event()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms stall between
+
+            def _serve(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                answer = server.route(self, body)
+                if isinstance(answer, str):
+                    if answer == HANG:
+                        server.released.wait(HANG_LIMIT)
+                    self.close_connection = True
+                    with contextlib.suppress(OSError):
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                status, content_type, data = answer
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_HEAD = do_DELETE = do_PATCH = _serve
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        return Handler
+
+    def __enter__(self) -> ScriptedHttpServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.released.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class RpcProxy(ScriptedHttpServer):
+    """A JSON-RPC proxy to ``upstream``: ``rules[method]`` is ``HANG`` (never forwarded, no answer),
+    ``DROP`` (never forwarded, connection closed), ``"forward_then_hang"`` (the node gets it, its answer
+    is lost) or absent (forwarded). ``seen`` lists the methods received."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.rules: dict[str, str] = {}
+        self.seen: list[str] = []
+        super().__init__(self._route)
+
+    def _forward(self, body: bytes) -> bytes:
+        request = urllib.request.Request(self.upstream, body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.read()
+
+    def _route(self, handler: BaseHTTPRequestHandler, body: bytes) -> tuple[int, str, bytes] | str:
+        method = json.loads(body).get("method", "?")
+        self.seen.append(method)
+        rule = self.rules.get(method)
+        if rule in (HANG, DROP):
+            return rule
+        answer = self._forward(body)
+        if rule == "forward_then_hang":
+            return HANG
+        return 200, "application/json", answer
+
+
+def elapsed(since: float) -> float:
+    return time.monotonic() - since
