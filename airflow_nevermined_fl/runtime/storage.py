@@ -21,9 +21,10 @@ import json
 import math
 import os
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 import numpy as np
@@ -41,6 +42,8 @@ METADATA_KEY = "model/metadata.json"
 GLOBAL_KEY = "global.npy"
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 HTTP_TIMEOUT = (10.0, 60.0)  # connect, read
+RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)  # seconds between tries of a granted transfer
+T = TypeVar("T")
 
 
 def byte_limit(spec: ArraySpec) -> int:
@@ -113,26 +116,54 @@ def get_bytes(s3: Any, bucket: str, key: str, max_bytes: int = DEFAULT_MAX_BYTES
         raise StorageError(f"s3://{bucket}/{key}: cannot read ({type(exc).__name__})") from None
 
 
+class _Unavailable(Exception):
+    """A failure worth another try: no connection, a time-out, a 5xx answer."""
+
+
+def _checked(response: requests.Response, name: str, what: str) -> requests.Response:
+    if response.status_code >= 500:
+        raise _Unavailable(f"HTTP {response.status_code}")
+    if response.status_code != 200:
+        raise StorageError(f"{name}: cannot {what} (HTTP {response.status_code})")
+    return response
+
+
+def _retried(call: Callable[[], T], name: str, what: str) -> T:
+    """``call()``, tried again after :data:`RETRY_DELAYS` while the storage is unavailable (an outage of a
+    few seconds is ridden out); then a StorageError naming ``name``, never the URL (a grant is a
+    credential)."""
+    tries = 0
+    while True:
+        try:
+            return call()
+        except (requests.ConnectionError, requests.Timeout, _Unavailable) as exc:
+            if tries == len(RETRY_DELAYS):
+                reason = str(exc) if isinstance(exc, _Unavailable) else type(exc).__name__
+                raise StorageError(f"{name}: cannot {what} ({reason}, {tries + 1} tries)") from None
+            time.sleep(RETRY_DELAYS[tries])
+            tries += 1
+        except requests.RequestException as exc:
+            raise StorageError(f"{name}: cannot {what} ({type(exc).__name__})") from None
+
+
 def http_get(url: str, name: str, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
-    """The body of a granted GET (bounded while it streams); errors name ``name``, never the URL (a
-    grant is a credential)."""
-    try:
+    """The body of a granted GET, bounded while it streams."""
+
+    def get() -> bytes:
         with requests.get(url, stream=True, timeout=HTTP_TIMEOUT) as response:
-            if response.status_code != 200:
-                raise StorageError(f"{name}: cannot read (HTTP {response.status_code})")
-            return arrays.read_bounded(response.raw, max_bytes, name)
-    except requests.RequestException as exc:
-        raise StorageError(f"{name}: cannot read ({type(exc).__name__})") from None
+            return arrays.read_bounded(_checked(response, name, "read").raw, max_bytes, name)
+
+    return _retried(get, name, "read")
 
 
 def http_put(url: str, name: str, body: bytes, content_type: str = "application/octet-stream") -> None:
-    """A granted PUT; errors name ``name``, never the URL."""
-    try:
-        response = requests.put(url, data=body, headers={"Content-Type": content_type}, timeout=HTTP_TIMEOUT)
-    except requests.RequestException as exc:
-        raise StorageError(f"{name}: cannot write ({type(exc).__name__})") from None
-    if response.status_code != 200:
-        raise StorageError(f"{name}: cannot write (HTTP {response.status_code})")
+    """A granted PUT."""
+
+    def put() -> None:
+        headers = {"Content-Type": content_type}
+        _checked(requests.put(url, data=body, headers=headers, timeout=HTTP_TIMEOUT), name, "write")
+
+    _retried(put, name, "write")
 
 
 def load_npz(data: bytes, name: str) -> dict[str, ndarray]:

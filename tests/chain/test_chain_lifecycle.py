@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import subprocess
+import sys
 import uuid
 from typing import Any
 
@@ -91,7 +94,11 @@ def test_refund_after_time_out_returns_escrow_to_consumer(devchain: dict[str, An
     session = uuid.uuid4().hex
     asset = register_asset(provider, session)
     agreement = consumer.create_compute_agreement(
-        consumer.agreement_seed(session, provider.address), asset.did, provider.address, 5 * TOKEN, time_out=3
+        consumer.agreement_seed(session, provider.address),
+        asset.did,
+        provider.address,
+        5 * TOKEN,
+        time_out=30,
     )
     before = balances(consumer, consumer.address, agreement.escrow, provider.address)
     with pytest.raises(StateError, match="not locked"):
@@ -99,7 +106,7 @@ def test_refund_after_time_out_returns_escrow_to_consumer(devchain: dict[str, An
     consumer.lock_payment(agreement)
     with pytest.raises(StateError, match="has not timed out"):
         consumer.refund(agreement)
-    tools.mine(5)
+    tools.mine(32)  # past the time-out (the chain also mines a block a second)
     nonce = tools.nonce(provider.address)
     with pytest.raises(StateError, match="timed out"):
         provider.fulfill_compute(agreement)
@@ -214,3 +221,52 @@ def test_a_revert_names_contract_function_and_reason(devchain: dict[str, Any], t
         provider._tx("DIDRegistry", "registerAttribute", seed, bytes(32), [], "http://x")
     assert str(info.value) == "DIDRegistry.registerAttribute reverted: DID already registered"
     assert tools.nonce(provider.address) == nonce
+
+
+CRASH_MID_LOCK = """
+import json, os, signal, sys
+from airflow_nevermined_fl.hooks.nevermined import NeverminedHook
+consumer = NeverminedHook("nevermined_consumer")
+fulfill = type(consumer)._fulfill
+def crash(self, condition, *args):
+    if condition == "LockPaymentCondition":  # the approve is mined: die before the lock is sent
+        os.kill(os.getpid(), signal.SIGKILL)
+    return fulfill(self, condition, *args)
+type(consumer)._fulfill = crash
+consumer.lock_payment(json.loads(sys.argv[1]))
+"""
+
+
+def test_a_worker_killed_between_approve_and_lock_pays_once_on_retry(
+    devchain: dict[str, Any], tools: Any
+) -> None:
+    """A task process SIGKILLed after its approve was mined and before the lock was sent (a crash mid
+    transaction sequence): the retry, in a new process, locks without approving again; one payment."""
+    consumer, provider = hook("nevermined_consumer"), hook("nevermined_provider_1")
+    session = uuid.uuid4().hex
+    asset = register_asset(provider, session)
+    agreement = consumer.create_compute_agreement(
+        consumer.agreement_seed(session, provider.address),
+        asset.did,
+        provider.address,
+        5 * TOKEN,
+        time_out=600,
+    )
+    before = balances(consumer, consumer.address, agreement.escrow)
+    nonce = tools.nonce(consumer.address)
+    crashed = subprocess.run(
+        [sys.executable, "-c", CRASH_MID_LOCK, json.dumps(agreement.to_dict())],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    assert tools.nonce(consumer.address) == nonce + 1  # the approve, and nothing more
+    assert consumer.condition_states(agreement)["lock"] == "unfulfilled"
+    assert balances(consumer, consumer.address, agreement.escrow) == before  # no token moved yet
+
+    assert consumer.lock_payment(agreement)  # the retry
+    assert tools.nonce(consumer.address) == nonce + 2  # the lock alone: the approve was not sent again
+    consumer_after, escrow_after = balances(consumer, consumer.address, agreement.escrow)
+    assert (before[0] - consumer_after, escrow_after - before[1]) == (5 * TOKEN, 5 * TOKEN)
+    assert consumer.lock_payment(agreement) is None and tools.nonce(consumer.address) == nonce + 2

@@ -32,6 +32,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             gateways=gateways.public(gateways_state)["gateways"],
             conn_env=airflow.connection_env({"chain": chain_state, "s3": s3_state}),
             airflow_home=airflow_home,
+            gateways_state=gateways_state,
         )
         subprocess.run(
             [str(Path(sys.executable).parent / "airflow"), "db", "migrate"],

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from airflow_nevermined_fl.gateway.launchers import Workload
 from airflow_nevermined_fl.gateway.launchers.local import LocalLauncher
 from airflow_nevermined_fl.paths import PROJECT_DIR
@@ -32,6 +34,13 @@ class Stack:
     conn_env: dict[str, str] = field(repr=False)
     airflow_home: Path
     extra_gateways: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+    gateways_state: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def restart_gateway(self, name: str) -> None:
+        """Stop the stack's gateway ``name`` and serve it again (same config, port, state)."""
+        from airflow_nevermined_fl.devtools.devstack import gateways
+
+        gateways.restart(self.gateways_state["gateways"][name])
 
     def secrets(self) -> list[str]:
         """Every secret the stack handed out: account keys (both spellings) and the S3 keys."""
@@ -147,6 +156,26 @@ def process_gone(pid: int, wait: float = 5.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def coordinator_at_round(stack: Stack, started_after: float, round_: int, timeout: float) -> Workload:
+    """The coordinator workload started after ``started_after`` once its status reports ``round_``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for record in (stack.home / "gateways").glob(
+            "coordinator/state/workloads/*/coordinator-*/workload.json"
+        ):
+            workload = Workload.from_dict(json.loads(record.read_text()))
+            if workload.started < started_after:
+                continue
+            try:
+                status = httpx.get(f"http://{workload.endpoints['status']}/status", timeout=1).json()
+            except httpx.HTTPError:
+                continue
+            if status["round"] >= round_:
+                return workload
+        time.sleep(0.3)
+    raise TimeoutError(f"no coordinator reached round {round_} within {timeout}s")
 
 
 def child_pids(pid: int) -> list[int]:

@@ -13,30 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
-from dagstack import Stack, child_pids, gateway_workloads, payments, process_gone
-
-from airflow_nevermined_fl.gateway.launchers import Workload
-
-
-def _coordinator_at_round(stack: Stack, started_after: float, round_: int, timeout: float) -> Workload:
-    """The coordinator workload started after ``started_after`` once its status reports ``round_``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for record in (stack.home / "gateways").glob(
-            "coordinator/state/workloads/*/coordinator-*/workload.json"
-        ):
-            workload = Workload.from_dict(json.loads(record.read_text()))
-            if workload.started < started_after:
-                continue
-            try:
-                status = httpx.get(f"http://{workload.endpoints['status']}/status", timeout=1).json()
-            except httpx.HTTPError:
-                continue
-            if status["round"] >= round_:
-                return workload
-        time.sleep(0.3)
-    raise TimeoutError(f"no coordinator reached round {round_} within {timeout}s")
+from dagstack import Stack, child_pids, coordinator_at_round, gateway_workloads, payments, process_gone
 
 
 def test_coordinator_killed_mid_session(stack: Stack, tmp_path: Path) -> None:
@@ -45,7 +22,7 @@ def test_coordinator_killed_mid_session(stack: Stack, tmp_path: Path) -> None:
     started = time.time()
     proc = stack.start_dag_test(conf, tmp_path / "summary.json")
     try:
-        coordinator = _coordinator_at_round(stack, started, 1, timeout=300)
+        coordinator = coordinator_at_round(stack, started, 1, timeout=300)
         (python,) = child_pids(coordinator.details["pid"])  # the coordinator under its exit-code shell
         os.kill(python, signal.SIGKILL)
         killed = time.time()

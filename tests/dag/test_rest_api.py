@@ -142,3 +142,56 @@ def test_session_over_rest(api: tuple[dict[str, Any], AirflowClient], stack: Sta
         for t in ("publish_workflow", "start_coordinator", "teardown")
     ]
     assert_no_secrets(stack, json.dumps(summary), json.dumps(rendered), *logs)
+
+
+def test_three_sessions_at_once_on_one_consumer_account(
+    api: tuple[dict[str, Any], AirflowClient], stack: Stack
+) -> None:
+    """Three runs triggered together: their transactions from one consumer account interleave (the
+    account's lock serializes them), each session completes, balances reconcile, no nonce error."""
+    state, client = api
+    before = stack.balances()
+    run_ids = [client.trigger(DAG, stack.conf())["dag_run_id"] for _ in range(3)]
+    deadline = time.monotonic() + 900
+    while any(client.run(DAG, r)["state"] not in ("success", "failed") for r in run_ids):
+        assert time.monotonic() < deadline, "sessions did not finish"
+        time.sleep(1)
+    assert [client.run(DAG, r)["state"] for r in run_ids] == ["success"] * 3
+    after = stack.balances()
+    assert before["consumer"] - after["consumer"] == 3 * 25  # each session paid once
+    assert after["coordinator"] - before["coordinator"] == 3 * 10
+    for name in ("provider-1", "provider-2", "provider-3"):
+        assert after[name] - before[name] == 3 * 5
+    logs = [p.read_text(errors="replace") for p in Path(state["home"], "logs").rglob("*") if p.is_file()]
+    assert not any("nonce too low" in text.lower() or "underpriced" in text.lower() for text in logs)
+
+
+def test_triggerer_and_scheduler_restarted_mid_session(
+    api: tuple[dict[str, Any], AirflowClient], stack: Stack
+) -> None:
+    """The triggerer restarted while ``wait_for_rounds`` is deferred, then the scheduler: the wait resumes
+    in the new triggerer, the session completes and is paid once."""
+    from airflow_nevermined_fl.devtools.devstack import airflow
+
+    state, client = api
+    before = stack.balances()
+    run_id = client.trigger(DAG, stack.conf(rounds=30, heartbeat=0.5))["dag_run_id"]
+
+    def state_of(task_id: str) -> str | None:
+        return next((t["state"] for t in client.task_instances(DAG, run_id) if t["task_id"] == task_id), None)
+
+    deadline = time.monotonic() + 300
+    while state_of("wait_for_rounds") != "deferred":
+        assert time.monotonic() < deadline, "wait_for_rounds never deferred"
+        time.sleep(0.3)
+    for component in ("triggerer", "scheduler"):
+        airflow.restart(state, component, stack.conn_env)
+    deadline = time.monotonic() + 600
+    while client.run(DAG, run_id)["state"] not in ("success", "failed"):
+        assert time.monotonic() < deadline, "session did not finish"
+        time.sleep(0.5)
+    assert client.run(DAG, run_id)["state"] == "success"
+    summary = session_summary(client, DAG, run_id)
+    assert len(summary["rounds"]) == 30 and set(summary["tasks"].values()) == {"success"}
+    after = stack.balances()
+    assert before["consumer"] - after["consumer"] == 25 and after["coordinator"] - before["coordinator"] == 10

@@ -57,6 +57,8 @@ def test_session_dag_all_in_containers(
     assert rounds["rounds"] == 2 and rounds["final_accuracy"] > 0.5
     assert stopped(summary) == {n + SUFFIX for n in NAMES}
     assert _labelled(engine, summary) == []
+    refunds = summary["xcom"]["teardown"]["return_value"]["refunds"]
+    assert {r["outcome"] for r in refunds.values()} == {"refunded"} and len(refunds) == len(NAMES)
     # The teardown logs each workload's last lines, which its gateway kept when it removed the container.
     assert "event='Stop requested'" in output and output.count("event='Session finished'") == 3
     assert_no_secrets(stack, output, json.dumps(summary["xcom"]), json.dumps(summary["rendered"]))
@@ -76,8 +78,10 @@ def test_mixed_session_dag(
 def test_coordinator_container_killed_mid_session(
     engine: Any, stack: Stack, docker_gateways: dict[str, Any], tmp_path: Path
 ) -> None:
-    """Injected failure: the run fails fast, every gateway removes its container of the run."""
-    proc = stack.start_dag_test(stack.conf(**stack.providers(docker_gateways)), tmp_path / "summary.json")
+    """Injected failure: the run fails fast, every gateway removes its container of the run, and the
+    teardown refunds every payment once the agreements' time-out (from ``session_timeout``) passed."""
+    conf = stack.conf(session_timeout=60, **stack.providers(docker_gateways))
+    proc = stack.start_dag_test(conf, tmp_path / "summary.json")
     participants = {"label": [f"{LABEL}.role=participant"]}
     coordinator = None
     deadline = time.monotonic() + 300
@@ -96,3 +100,5 @@ def test_coordinator_container_killed_mid_session(
     assert "coordinator process exited with code 137" in output
     assert stopped(summary) == {n + SUFFIX for n in NAMES}
     assert _labelled(engine, summary) == []
+    refunds = summary["xcom"]["teardown"]["return_value"]["refunds"]
+    assert {r["outcome"] for r in refunds.values()} == {"refunded"} and len(refunds) == len(NAMES)

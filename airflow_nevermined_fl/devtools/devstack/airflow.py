@@ -151,17 +151,12 @@ def start(
     write_password_file(password_file)
     (airflow_home / "config").mkdir(exist_ok=True)
     (airflow_home / "config" / "airflow_local_settings.py").write_text(LOCAL_SETTINGS)
-    # Its connections are exactly ``extra_env``'s: none inherited from the caller's environment.
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW_CONN_")}
-    env = {**inherited, **airflow_env(airflow_home, port, password_file, dags_folder), **extra_env}
+    env = _env(airflow_home, port, password_file, dags_folder, extra_env)
     logs = airflow_home / "logs"
     migrate = process.start([_airflow_bin(), "db", "migrate"], logs / "db-migrate.log", env=env)
     while process.pid_alive(migrate):
         time.sleep(0.2)
-    pids: dict[str, int] = {}
-    for name, args in COMMANDS.items():
-        argv = [_airflow_bin(), *(a.replace("{port}", str(port)) for a in args)]
-        pids[name] = process.start(argv, logs / f"{name}.log", env=env)
+    pids = {name: _start_component(name, port, logs, env) for name in COMMANDS}
     url = f"http://127.0.0.1:{port}"
     state = {
         "home": str(airflow_home),
@@ -169,6 +164,7 @@ def start(
         "url": url,
         "pids": pids,
         "password_file": str(password_file),
+        "dags_folder": str(dags_folder),
     }
     try:
         wait_healthy(url, timeout, list(pids.values()))
@@ -176,6 +172,28 @@ def start(
         down(state)
         raise
     return state
+
+
+def _env(
+    airflow_home: Path, port: int, password_file: Path, dags_folder: Path, extra_env: dict[str, str]
+) -> dict[str, str]:
+    # Its connections are exactly ``extra_env``'s: none inherited from the caller's environment.
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW_CONN_")}
+    return {**inherited, **airflow_env(airflow_home, port, password_file, dags_folder), **extra_env}
+
+
+def _start_component(name: str, port: int, logs: Path, env: dict[str, str]) -> int:
+    argv = [_airflow_bin(), *(a.replace("{port}", str(port)) for a in COMMANDS[name])]
+    return process.start(argv, logs / f"{name}.log", env=env)
+
+
+def restart(state: dict[str, Any], name: str, extra_env: dict[str, str]) -> None:
+    """Stop one component (by pid) and start it again with the same settings: a crash and a restart of,
+    e.g., the scheduler or the triggerer. ``extra_env``: the connections it was started with."""
+    home = Path(state["home"])
+    process.stop(state["pids"][name], timeout=15)
+    env = _env(home, state["port"], Path(state["password_file"]), Path(state["dags_folder"]), extra_env)
+    state["pids"][name] = _start_component(name, state["port"], home / "logs", env)
 
 
 def up(home: Path, previous: dict[str, Any] | None) -> dict[str, Any]:

@@ -196,20 +196,34 @@ def _launch(p: Provider, directory: Path, config: dict[str, Any], storage: str) 
     write_secret(directory / "storage.json", storage)
     config_file = directory / "gateway.json"
     config_file.write_text(json.dumps(config, indent=2))
-    argv = [str(Path(sys.executable).parent / "nvfl"), "gateway", "serve", "--config", str(config_file)]
-    # The provider's process: nothing of the consumer's (its Airflow connections) is passed on.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW_CONN_")}
     port = config["listen"]["port"]
     return {
         "name": p.name,
         "type": p.type,
         "address": chain.account(p.account).address,
-        "pid": process.start(argv, directory / "gateway.log", env=env, cwd=directory),
+        "pid": _serve(config_file),
         "port": port,
         "url": f"http://{HOST}:{port}",
         "config_file": str(config_file),
         "log": str(directory / "gateway.log"),
     }
+
+
+def _serve(config_file: Path) -> int:
+    """Start ``nvfl gateway serve`` on a gateway's config (its log and files beside it); the pid."""
+    argv = [str(Path(sys.executable).parent / "nvfl"), "gateway", "serve", "--config", str(config_file)]
+    # The provider's process: nothing of the consumer's (its Airflow connections) is passed on.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW_CONN_")}
+    return process.start(argv, config_file.parent / "gateway.log", env=env, cwd=config_file.parent)
+
+
+def restart(entry: dict[str, Any]) -> dict[str, Any]:
+    """Stop one gateway of the component state (by pid) and serve it again on the same config, port and
+    state (its executions resume from their records); ``entry`` is updated with the new pid."""
+    process.stop_service(entry)
+    entry["pid"] = _serve(Path(entry["config_file"]))
+    _wait_info(entry["url"], entry["address"], entry["pid"])
+    return entry
 
 
 def start(
