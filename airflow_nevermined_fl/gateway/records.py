@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +92,13 @@ class Records:
         return self.directory / f"{agreement_id}.json"
 
     def get(self, agreement_id: str) -> Execution | None:
+        """The recorded execution; a record an older gateway wrote loads too (fields it no longer has are
+        dropped, new ones take their defaults)."""
         path = self.path(agreement_id)
-        return Execution(**json.loads(path.read_text())) if path.exists() else None
+        if not path.exists():
+            return None
+        known = {f.name for f in fields(Execution)}
+        return Execution(**{k: v for k, v in json.loads(path.read_text()).items() if k in known})
 
     def save(self, execution: Execution) -> None:
         write_json(self.path(execution.agreement_id), asdict(execution))
