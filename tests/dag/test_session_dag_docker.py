@@ -57,8 +57,7 @@ def test_session_dag_all_in_containers(
     assert rounds["rounds"] == 2 and rounds["final_accuracy"] > 0.5
     assert stopped(summary) == {n + SUFFIX for n in NAMES}
     assert _labelled(engine, summary) == []
-    refunds = summary["xcom"]["teardown"]["return_value"]["refunds"]
-    assert {r["outcome"] for r in refunds.values()} == {"refunded"} and len(refunds) == len(NAMES)
+    assert summary["xcom"]["teardown"]["return_value"]["refunds"] == {}  # every provider was paid
     # The teardown logs each workload's last lines, which its gateway kept when it removed the container.
     assert "event='Stop requested'" in output and output.count("event='Session finished'") == 3
     assert_no_secrets(stack, output, json.dumps(summary["xcom"]), json.dumps(summary["rendered"]))
