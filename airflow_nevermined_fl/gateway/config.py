@@ -57,7 +57,8 @@ class Service:
 
 @dataclass(frozen=True)
 class StorageConfig:
-    """The session storage workloads exchange weights through, and the provider's datasets on S3."""
+    """The provider's storage: where its gateway grants the session's objects (coordinator) or its datasets
+    on S3 (participants). Its keys stay with the gateway."""
 
     endpoint_url: str
     bucket: str
@@ -69,16 +70,6 @@ class StorageConfig:
         if not data.get("access_key") or not data.get("secret_key"):
             raise GatewayConfigError("storage.credentials_file: needs access_key and secret_key")
         return {"access_key": data["access_key"], "secret_key": data["secret_key"]}
-
-    def runtime_env(self) -> dict[str, str]:
-        """Environment giving a workload this storage (secret: never log or record it)."""
-        creds = self.credentials()
-        return {
-            "AWS_ACCESS_KEY_ID": creds["access_key"],
-            "AWS_SECRET_ACCESS_KEY": creds["secret_key"],
-            "AWS_ENDPOINT_URL": self.endpoint_url,
-            "AWS_DEFAULT_REGION": self.region_name,
-        }
 
 
 @dataclass(frozen=True)

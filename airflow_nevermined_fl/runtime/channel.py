@@ -119,10 +119,6 @@ class Seats:
                 if participant_id(seat.spec.address) == participant:
                     seat.token = None
 
-    @property
-    def seats(self) -> tuple[SeatSpec, ...]:
-        return tuple(seat.spec for seat in self._seats.values())
-
     def max_samples(self, participant: str) -> int:
         for seat in self._seats.values():
             if participant_id(seat.spec.address) == participant:
