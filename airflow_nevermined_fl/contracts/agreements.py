@@ -229,8 +229,7 @@ class AgreementsMixin(DidRegistryMixin):
         if states["compute"] != "unfulfilled" or self._timed_out(a.compute_condition_id):
             state = "timed out" if states["compute"] == "unfulfilled" else states["compute"]
             raise StateError(f"compute of {a.agreement_id} is {state}: nothing to execute")
-        condition = bytes32(a.compute_condition_id, "id")
-        time_out = self._c("ConditionStoreManager").functions.getCondition(condition).call()[3]
+        time_out, _ = self._compute_time_out(a)
         if 0 < time_out < min_time_out:  # 0: never times out, never refundable
             raise StateError(
                 f"compute of {a.agreement_id} times out after {time_out} blocks, before the session could "
@@ -241,10 +240,14 @@ class AgreementsMixin(DidRegistryMixin):
     def refund_block(self, agreement: ComputeAgreement | dict[str, Any]) -> int | None:
         """The last block before the agreement's compute condition times out (a refund is possible from
         the next one on); None when it never does (time_out 0)."""
-        a = self._checked(agreement)
+        time_out, created = self._compute_time_out(self._checked(agreement))
+        return created + time_out if time_out else None
+
+    def _compute_time_out(self, a: ComputeAgreement) -> tuple[int, int]:
+        """``(time_out, created block)`` of the agreement's compute condition, as stored on chain."""
         condition = bytes32(a.compute_condition_id, "id")
         _, _, _, time_out, created = self._c("ConditionStoreManager").functions.getCondition(condition).call()
-        return created + time_out if time_out else None
+        return time_out, created
 
     def token_balance(self, address: str) -> int:
         return int(self._c("NeverminedToken").functions.balanceOf(address_of(address, "address")).call())

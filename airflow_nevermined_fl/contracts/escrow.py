@@ -112,9 +112,7 @@ class EscrowMixin(AgreementsMixin):
         if states["compute"] == "unfulfilled":
             compute_id = bytes32(a.compute_condition_id, "id")
             if not self._timed_out(a.compute_condition_id):
-                _, _, _, time_out, created = (
-                    self._c("ConditionStoreManager").functions.getCondition(compute_id).call()
-                )
+                time_out, created = self._compute_time_out(a)
                 limit = f"after block {created + time_out}" if time_out else "never (time_out=0)"
                 raise StateError(
                     f"compute of {a.agreement_id} has not timed out: refund possible {limit}"

@@ -33,17 +33,18 @@ from airflow_nevermined_fl.contracts.recovery import (
     ChainAgreement,
     RefundReport,
     consumer_agreements,
+    payment_status,
     refund_due_agreements,
 )
 from airflow_nevermined_fl.contracts.values import DID_PREFIX, address_of, did_str
 
 __all__ = [
     "CONDITION_STATES",
-    "DID_PREFIX",
-    "HOOK_CONTRACTS",
     "ChainAgreement",
     "ComputeAgreement",
+    "DID_PREFIX",
     "DidRecord",
+    "HOOK_CONTRACTS",
     "Keeper",
     "KeeperSettings",
     "RefundReport",
@@ -52,6 +53,7 @@ __all__ = [
     "address_of",
     "consumer_agreements",
     "did_str",
+    "payment_status",
     "refund_due_agreements",
 ]
 

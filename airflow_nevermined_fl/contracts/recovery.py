@@ -177,7 +177,10 @@ def _scan(
     return found
 
 
-def _status(states: dict[str, str], timed_out: bool) -> str:
+def payment_status(states: dict[str, str], timed_out: bool) -> str:
+    """What an agreement's payment is, from its condition states and whether its compute timed out:
+    ``not_locked``, ``released``, ``refunded``, ``refund_due``, ``waiting``, ``computed`` (the provider
+    may still release) or ``unknown``."""
     lock, compute, escrow = (states[n] for n in ("lock", "compute", "escrow"))
     if lock != "fulfilled":
         return "not_locked"
@@ -231,7 +234,7 @@ def _assess(keeper: EscrowMixin, consumer: str, found: _Found, block: int) -> Ch
             agreement, note = None, "the lock's terms do not rebuild the condition ids (not made by nvfl?)"
     elif states["lock"] == "fulfilled":
         note = "lock fulfilled but its Fulfilled event is not in the scanned blocks"
-    status = _status(states, timed_out)
+    status = payment_status(states, timed_out)
     return ChainAgreement(
         agreement_id=hex_str(args["_agreementId"]),
         did=did_str(args["_did"]),

@@ -72,30 +72,29 @@ def refund_due(
     consumer: NeverminedHook, payments: list[dict[str, Any]]
 ) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
     """Refund each of ``payments`` that the chain allows now: ``(outcome by provider name, {name: block
-    after which its refund is due})`` for those still waiting on their compute time-out. Outcomes:
-    ``refunded`` (with its tx, None when already done), ``released`` (paid: the work was done),
-    ``work done`` (the provider may still release), ``not locked``, ``waiting``, or ``error`` (the RPC)."""
+    after which its refund is due})`` for those still waiting on their compute time-out. Outcomes: the
+    payment's status (:func:`~..contracts.recovery.payment_status`; ``refunded`` with its tx when refunded
+    here), or ``error`` (the RPC, or a time-out that never passes)."""
     from airflow_nevermined_fl.contracts.errors import ChainError
+    from airflow_nevermined_fl.contracts.keeper import payment_status
 
     outcomes: dict[str, dict[str, Any]] = {}
     waiting: dict[str, int] = {}
     for payment in payments:
         name, agreement = payment["name"], payment["agreement"]
         try:
-            states = consumer.condition_states(agreement)
-            if states["escrow"] != "unfulfilled":
-                outcome = {"outcome": "refunded" if states["compute"] == "aborted" else "released"}
-            elif states["lock"] != "fulfilled":
-                outcome = {"outcome": "not locked"}
-            elif states["compute"] == "fulfilled":
-                outcome = {"outcome": "work done"}
-            elif (due := consumer.refund_block(agreement)) is not None and (
-                consumer.get_conn().w3.eth.block_number <= due
-            ):
+            due = consumer.refund_block(agreement)
+            timed_out = due is not None and consumer.get_conn().w3.eth.block_number > due
+            status = payment_status(consumer.condition_states(agreement), timed_out)
+            if status == "refund_due":
+                outcome = {"outcome": "refunded", "tx_hash": consumer.refund(agreement)}
+            elif status == "waiting" and due is None:
+                outcome = {"outcome": "error", "error": "its compute never times out (time_out 0)"}
+            elif status == "waiting":
                 waiting[name] = due
                 outcome = {"outcome": "waiting", "after_block": due}
             else:
-                outcome = {"outcome": "refunded", "tx_hash": consumer.refund(agreement)}
+                outcome = {"outcome": status}
         except ChainError as err:
             outcome = {"outcome": "error", "error": str(err)}
         outcomes[name] = outcome
