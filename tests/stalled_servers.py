@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import threading
 import time
 import urllib.request
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from airflow_nevermined_fl import process
@@ -61,6 +63,7 @@ class SilentServer:
 
 
 HANG, DROP = "hang", "drop"
+FORWARD_THEN_HANG, FORWARD_THEN_DROP = "forward_then_hang", "forward_then_drop"
 Route = Callable[[BaseHTTPRequestHandler, bytes], "tuple[int, str, bytes] | str"]
 
 
@@ -120,13 +123,15 @@ class ScriptedHttpServer:
 
 class RpcProxy(ScriptedHttpServer):
     """A JSON-RPC proxy to ``upstream``: ``rules[method]`` is ``HANG`` (never forwarded, no answer),
-    ``DROP`` (never forwarded, connection closed), ``"forward_then_hang"`` (the node gets it, its answer
-    is lost) or absent (forwarded). ``seen`` lists the methods received."""
+    ``DROP`` (never forwarded, connection closed), ``FORWARD_THEN_HANG``/``FORWARD_THEN_DROP`` (the node
+    gets it, its answer is lost) or absent (forwarded). ``decide(request, handler)``, when set, picks a
+    request's rule first (None: by ``rules``). ``requests`` lists the requests received."""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
         self.rules: dict[str, str] = {}
-        self.seen: list[str] = []
+        self.decide: Callable[[dict[str, Any], BaseHTTPRequestHandler], str | None] | None = None
+        self.requests: list[dict[str, Any]] = []
         super().__init__(self._route)
 
     def _forward(self, body: bytes) -> bytes:
@@ -135,15 +140,30 @@ class RpcProxy(ScriptedHttpServer):
             return response.read()
 
     def _route(self, handler: BaseHTTPRequestHandler, body: bytes) -> tuple[int, str, bytes] | str:
-        method = json.loads(body).get("method", "?")
-        self.seen.append(method)
-        rule = self.rules.get(method)
+        request = json.loads(body)
+        self.requests.append(request)
+        rule = (self.decide and self.decide(request, handler)) or self.rules.get(request.get("method", "?"))
         if rule in (HANG, DROP):
             return rule
         answer = self._forward(body)
-        if rule == "forward_then_hang":
-            return HANG
+        if rule in (FORWARD_THEN_HANG, FORWARD_THEN_DROP):
+            return rule.removeprefix("forward_then_")
         return 200, "application/json", answer
+
+
+def socket_owner(port: int) -> int:
+    """The pid of the local process whose TCP socket has local port ``port`` (e.g. a proxy's client, from
+    its ``client_address``)."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].rsplit(":", 1)[1], 16) == port:
+            inodes.add(f"socket:[{fields[9]}]")
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        with contextlib.suppress(OSError):
+            if os.readlink(fd) in inodes:
+                return int(fd.parts[2])
+    raise LookupError(f"no process has a socket on local port {port}")
 
 
 def elapsed(since: float) -> float:
@@ -165,6 +185,8 @@ class OutageProxy:
         self.up()
 
     def up(self) -> None:
+        if self._listener is not None:
+            return
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", self.port))

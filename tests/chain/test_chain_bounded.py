@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from stalled_servers import DROP, HANG, RpcProxy, SilentServer, closed_url, elapsed
+from stalled_servers import DROP, FORWARD_THEN_HANG, HANG, RpcProxy, SilentServer, closed_url, elapsed
 
 from airflow_nevermined_fl.contracts.client import RECEIPT_TIMEOUT, RPC_TIMEOUT, connect
 from airflow_nevermined_fl.contracts.deployment import load_deployment
@@ -139,7 +139,7 @@ def test_lost_answer_to_a_payment_is_retried_without_a_second_transaction(
     balance, before = consumer.token_balance(consumer.address), nonces(w3, consumer.address)
 
     # The node gets LockPaymentCondition.fulfill (and mines it), its answer never comes back.
-    proxy.rules["eth_sendRawTransaction"] = "forward_then_hang"
+    proxy.rules["eth_sendRawTransaction"] = FORWARD_THEN_HANG
     start = time.monotonic()
     with pytest.raises(RpcTimeoutError) as info:
         consumer.lock_payment(agreement)

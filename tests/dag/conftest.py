@@ -1,6 +1,7 @@
 """The real embedded stack for the DAG tests (session scope): anvil + Nevermined contracts, SeaweedFS,
 the four provider gateways (local backend; each with its own key and data: digits split non-IID over the
-3 data providers), a migrated Airflow SQLite home holding only the consumer's connections."""
+3 data providers), a migrated Airflow SQLite home holding only the consumer's connections; and, for the
+tests through Airflow's components, an Airflow (api-server, scheduler, dag-processor, triggerer) on them."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dagstack import Stack
+from dagstack import PROXIED_CONN_ID, Api, Stack
+from stalled_servers import RpcProxy
+
+from airflow_nevermined_fl.devtools.rest import AirflowClient
 
 
 @pytest.fixture(scope="session")
@@ -48,3 +52,22 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         if s3_state:
             s3.down(s3_state)
         chain.down(chain_state)
+
+
+@pytest.fixture(scope="session")
+def api(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    from airflow_nevermined_fl.devtools.devstack import airflow, chain
+
+    with RpcProxy(stack.chain["rpc_url"]) as rpc:
+        proxied = chain.consumer_connection_uri(stack.chain | {"rpc_url": rpc.url})
+        conn_env = stack.conn_env | {f"AIRFLOW_CONN_{PROXIED_CONN_ID.upper()}": proxied}
+        state = airflow.start(tmp_path_factory.mktemp("airflow-api"), conn_env)
+        client = None
+        try:
+            client = AirflowClient(state["url"], airflow.USER, airflow.password(state))
+            client.wait_dag("fl_session")
+            yield Api(state, client, conn_env, rpc)
+        finally:
+            if client:
+                client.close()
+            airflow.down(state)

@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -18,7 +18,14 @@ from airflow_nevermined_fl.gateway.launchers import Workload
 from airflow_nevermined_fl.gateway.launchers.local import LocalLauncher
 from airflow_nevermined_fl.paths import PROJECT_DIR
 
+if TYPE_CHECKING:
+    from stalled_servers import RpcProxy
+
+    from airflow_nevermined_fl.devtools.rest import AirflowClient
+
 RUNNER = Path(__file__).with_name("dagtest_runner.py")
+PROXIED_CONN_ID = "nevermined_consumer_proxied"
+"""The consumer's account, its RPC through :attr:`Api.rpc` (a conf's ``consumer_conn_id``)."""
 SUMMARY_PREFIX = "DAGTEST_SUMMARY "
 
 
@@ -68,15 +75,23 @@ class Stack:
         return token_balances(self.chain, self.accounts())
 
     def start_gateways(
-        self, backend: str, suffix: str, connection: dict[str, Any] | None = None
+        self,
+        backend: str,
+        suffix: str,
+        connection: dict[str, Any] | None = None,
+        rpc_url: str | None = None,
+        s3_endpoint: str | None = None,
     ) -> dict[str, dict[str, Any]]:
         """Four more gateways, same provider accounts, named ``<name><suffix>`` (other DIDs), on ``backend``
         (``docker``: workloads on ``$DOCKER_HOST``; ``kubernetes``: the cluster of ``connection``), their
-        storage ``self.s3``; their public fields. Stopped with the stack."""
+        storage ``self.s3``, reaching the chain at ``rpc_url`` and the storage at ``s3_endpoint`` when given
+        (e.g. through proxies); their public fields. Stopped with the stack."""
         from airflow_nevermined_fl.devtools.devstack import gateways
 
         previous = self.extra_gateways.get(suffix)
-        state = gateways.start(self.home, self.chain, self.s3, backend, suffix, previous, connection)
+        chain = self.chain | ({"rpc_url": rpc_url} if rpc_url else {})
+        s3 = self.s3 | ({"endpoint": s3_endpoint} if s3_endpoint else {})
+        state = gateways.start(self.home, chain, s3, backend, suffix, previous, connection)
         self.extra_gateways[suffix] = state
         return gateways.public(state)["gateways"]
 
@@ -126,6 +141,17 @@ class Stack:
         return json.loads(summary.read_text()), output
 
 
+@dataclass
+class Api:
+    """A running Airflow (component state), its REST client, the connections it was started with and the
+    proxy in front of the chain that :data:`PROXIED_CONN_ID` goes through."""
+
+    state: dict[str, Any]
+    client: AirflowClient
+    conn_env: dict[str, str] = field(repr=False)
+    rpc: RpcProxy
+
+
 def payments(summary: dict[str, Any]) -> list[dict[str, Any]]:
     """A 3-provider run's payments (XCom): the coordinator's, then each data provider's."""
     xcom = summary["xcom"]
@@ -158,13 +184,15 @@ def process_gone(pid: int, wait: float = 5.0) -> bool:
     return False
 
 
-def coordinator_at_round(stack: Stack, started_after: float, round_: int, timeout: float) -> Workload:
-    """The coordinator workload started after ``started_after`` once its status reports ``round_``."""
+def coordinator_at_round(
+    stack: Stack, started_after: float, round_: int, timeout: float, gateway: str = "coordinator"
+) -> Workload:
+    """The coordinator workload (of the gateway named ``gateway``) started after ``started_after`` once its
+    status reports ``round_``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for record in (stack.home / "gateways").glob(
-            "coordinator/state/workloads/*/coordinator-*/workload.json"
-        ):
+        pattern = f"{gateway}/state/workloads/*/coordinator-*/workload.json"
+        for record in (stack.home / "gateways").glob(pattern):
             workload = Workload.from_dict(json.loads(record.read_text()))
             if workload.started < started_after:
                 continue

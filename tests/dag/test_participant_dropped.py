@@ -1,7 +1,8 @@
-"""A data provider's participant is killed mid-session (on its provider's side) while at least
-``min_participants`` remain: the session degrades instead of failing. The model is published, the providers
+"""Data providers' participants killed mid-session (on their providers' side). While at least
+``min_participants`` remain, the session degrades instead of failing: the model is published, the providers
 that did their work are paid, the dropped one is not, and the teardown refunds its escrow by itself once
-its agreement's time-out passed on the chain: every balance reconciles, nothing is stranded or paid twice."""
+its agreement's time-out passed on the chain. Below ``min_participants`` the session fails within its
+stall time and every payment is refunded. Every balance reconciles, nothing is stranded or paid twice."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import os
 import signal
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +21,27 @@ from airflow_nevermined_fl.gateway.launchers import Workload
 DROPPED = "provider-3"
 
 
-def _participant(stack: Stack, started_after: float, timeout: float) -> Workload:
-    """The dropped provider's participant workload of this run, once its process runs."""
+def _participant(stack: Stack, name: str, started_after: float, timeout: float) -> Workload:
+    """Provider ``name``'s participant workload of this run, once its process runs."""
     deadline = time.monotonic() + timeout
-    pattern = f"{DROPPED}/state/workloads/*/participant-*/workload.json"
+    pattern = f"{name}/state/workloads/*/participant-*/workload.json"
     while time.monotonic() < deadline:
         for record in (stack.home / "gateways").glob(pattern):
             workload = Workload.from_dict(json.loads(record.read_text()))
             if workload.started >= started_after and workload.details.get("pid"):
                 return workload
         time.sleep(0.2)
-    raise TimeoutError(f"no participant of {DROPPED} within {timeout}s")
+    raise TimeoutError(f"no participant of {name} within {timeout}s")
+
+
+def _kill(stack: Stack, names: tuple[str, ...], started_after: float) -> float:
+    """SIGKILL these providers' participants a few rounds into the run; when (epoch seconds)."""
+    workloads = [_participant(stack, name, started_after, timeout=120) for name in names]
+    time.sleep(3)  # a few rounds with all three
+    for workload in workloads:
+        (python,) = child_pids(int(workload.details["pid"]))  # the participant under its exit-code shell
+        os.kill(python, signal.SIGKILL)
+    return time.time()
 
 
 def test_participant_dropped_session_degrades_and_its_escrow_is_refunded(
@@ -40,11 +52,7 @@ def test_participant_dropped_session_degrades_and_its_escrow_is_refunded(
     started = time.time()
     proc = stack.start_dag_test(conf, tmp_path / "summary.json")
     try:
-        workload = _participant(stack, started, timeout=120)
-        time.sleep(3)  # a few rounds with all three
-        (python,) = child_pids(int(workload.details["pid"]))  # the participant under its exit-code shell
-        os.kill(python, signal.SIGKILL)
-        killed = time.time()
+        killed = _kill(stack, (DROPPED,), started)
         output, _ = proc.communicate(timeout=900)
     finally:
         if proc.poll() is None:
@@ -72,3 +80,36 @@ def test_participant_dropped_session_degrades_and_its_escrow_is_refunded(
     workloads = gateway_workloads(stack, {p["agreement"]["agreement_id"] for p in paid.values()})
     assert all(process_gone(int(w.details["pid"])) for _, w in workloads)
     print(f"fault to refund and reconciled balances: {settled_after:.1f}s")
+
+
+def test_participants_dropped_below_min_the_session_fails_and_everything_is_refunded(
+    stack: Stack, tmp_path: Path
+) -> None:
+    conf = stack.conf(rounds=500, min_participants=2, heartbeat=0.5, stall_timeout=10, session_timeout=40)
+    before = stack.balances()
+    started = time.time()
+    proc = stack.start_dag_test(conf, tmp_path / "summary.json")
+    try:
+        killed = _kill(stack, ("provider-2", "provider-3"), started)
+        output, _ = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    refunded_after = time.time() - killed
+    (tmp_path / "output.log").write_text(output)
+    summary: dict[str, Any] = json.loads((tmp_path / "summary.json").read_text())
+
+    assert summary["state"] == "failed"
+    assert summary["tasks"]["wait_for_rounds"] == "failed"
+    assert summary["tasks"]["publish_model"] == "upstream_failed"
+    detected = next(line for line in output.splitlines() if "no progress for 10s" in line)
+    detected_after = datetime.fromisoformat(detected.split()[0]).timestamp() - killed
+    assert detected_after < conf["stall_timeout"] + 10
+    teardown = summary["xcom"]["teardown"]["return_value"]
+    paid = payments(summary)
+    assert set(teardown["refunds"]) == {p["name"] for p in paid}
+    assert all(r["outcome"] == "refunded" and r["tx_hash"] for r in teardown["refunds"].values())
+    assert stack.balances() == before  # nobody paid for a session without a model
+    workloads = gateway_workloads(stack, {p["agreement"]["agreement_id"] for p in paid})
+    assert len(workloads) == 4 and all(process_gone(int(w.details["pid"])) for _, w in workloads)
+    print(f"fault to detection {detected_after:.1f}s, to every refund {refunded_after:.1f}s")

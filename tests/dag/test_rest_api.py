@@ -6,41 +6,20 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from dagstack import Stack, assert_no_secrets
+from dagstack import Api, Stack, assert_no_secrets
 
 from airflow_nevermined_fl.devtools.demo import session_summary
-from airflow_nevermined_fl.devtools.rest import AirflowApiError, AirflowClient
+from airflow_nevermined_fl.devtools.rest import AirflowApiError
 
 DAG = "fl_session"
 
 
-@pytest.fixture(scope="module")
-def api(
-    stack: Stack, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[dict[str, Any], AirflowClient]]:
-    from airflow_nevermined_fl.devtools.devstack import airflow
-
-    state = airflow.start(tmp_path_factory.mktemp("airflow-api"), stack.conn_env)
-    client = None
-    try:
-        client = AirflowClient(state["url"], airflow.USER, airflow.password(state))
-        client.wait_dag(DAG)
-        yield state, client
-    finally:
-        if client:
-            client.close()
-        airflow.down(state)
-
-
-def test_bad_conf_is_refused_with_400_naming_the_field(
-    api: tuple[dict[str, Any], AirflowClient], stack: Stack
-) -> None:
-    _, client = api
+def test_bad_conf_is_refused_with_400_naming_the_field(api: Api, stack: Stack) -> None:
+    client = api.client
     for field, value in (("rounds", 0), ("fraction", 1.5), ("heartbeat", "fast")):
         with pytest.raises(AirflowApiError) as err:
             client.trigger(DAG, stack.conf(**{field: value}))
@@ -67,11 +46,11 @@ UNKNOWN_DID = "did:nv:" + "0f" * 32
     ],
 )
 def test_conf_is_checked_again_at_run_start(
-    api: tuple[dict[str, Any], AirflowClient], stack: Stack, overrides: dict[str, Any], message: str
+    api: Api, stack: Stack, overrides: dict[str, Any], message: str
 ) -> None:
     """Valid for the schema, but not together, not on chain or not at the providers' terms: the run fails
     in ``validate``, before any transaction."""
-    _, client = api
+    client = api.client
     nonce = stack.w3().eth.get_transaction_count(stack.accounts()["consumer"])
     run = client.trigger(DAG, stack.conf(**overrides))
     assert client.wait_run(DAG, run["dag_run_id"], timeout=120)["state"] == "failed"
@@ -83,13 +62,11 @@ def test_conf_is_checked_again_at_run_start(
     assert stack.w3().eth.get_transaction_count(stack.accounts()["consumer"]) == nonce
 
 
-def test_a_gateway_down_at_validate_costs_nothing(
-    api: tuple[dict[str, Any], AirflowClient], stack: Stack
-) -> None:
+def test_a_gateway_down_at_validate_costs_nothing(api: Api, stack: Stack) -> None:
     """A provider whose gateway is down: the run fails in ``validate``, before any transaction."""
     from airflow_nevermined_fl import process
 
-    _, client = api
+    client = api.client
     extra = stack.start_gateways("local", "-down")
     process.stop(int(stack.extra_gateways["-down"]["gateways"]["provider-3-down"]["pid"]))
     providers = [{"did": stack.gateways[n]["did"]} for n in ("provider-1", "provider-2")]
@@ -106,8 +83,8 @@ def test_a_gateway_down_at_validate_costs_nothing(
     assert stack.balances()["consumer"] == balance
 
 
-def test_session_over_rest(api: tuple[dict[str, Any], AirflowClient], stack: Stack) -> None:
-    state, client = api
+def test_session_over_rest(api: Api, stack: Stack) -> None:
+    state, client = api.state, api.client
     before = stack.balances()
     run_id = client.trigger(DAG, stack.conf())["dag_run_id"]
     seen: dict[str, set[str]] = {}
@@ -144,12 +121,10 @@ def test_session_over_rest(api: tuple[dict[str, Any], AirflowClient], stack: Sta
     assert_no_secrets(stack, json.dumps(summary), json.dumps(rendered), *logs)
 
 
-def test_three_sessions_at_once_on_one_consumer_account(
-    api: tuple[dict[str, Any], AirflowClient], stack: Stack
-) -> None:
+def test_three_sessions_at_once_on_one_consumer_account(api: Api, stack: Stack) -> None:
     """Three runs triggered together: their transactions from one consumer account interleave (the
     account's lock serializes them), each session completes, balances reconcile, no nonce error."""
-    state, client = api
+    state, client = api.state, api.client
     before = stack.balances()
     run_ids = [client.trigger(DAG, stack.conf())["dag_run_id"] for _ in range(3)]
     deadline = time.monotonic() + 900
@@ -166,14 +141,12 @@ def test_three_sessions_at_once_on_one_consumer_account(
     assert not any("nonce too low" in text.lower() or "underpriced" in text.lower() for text in logs)
 
 
-def test_triggerer_and_scheduler_restarted_mid_session(
-    api: tuple[dict[str, Any], AirflowClient], stack: Stack
-) -> None:
+def test_triggerer_and_scheduler_restarted_mid_session(api: Api, stack: Stack) -> None:
     """The triggerer restarted while ``wait_for_rounds`` is deferred, then the scheduler: the wait resumes
     in the new triggerer, the session completes and is paid once."""
     from airflow_nevermined_fl.devtools.devstack import airflow
 
-    state, client = api
+    state, client = api.state, api.client
     before = stack.balances()
     run_id = client.trigger(DAG, stack.conf(rounds=30, heartbeat=0.5))["dag_run_id"]
 
@@ -185,7 +158,7 @@ def test_triggerer_and_scheduler_restarted_mid_session(
         assert time.monotonic() < deadline, "wait_for_rounds never deferred"
         time.sleep(0.3)
     for component in ("triggerer", "scheduler"):
-        airflow.restart(state, component, stack.conn_env)
+        airflow.restart(state, component, api.conn_env)
     deadline = time.monotonic() + 600
     while client.run(DAG, run_id)["state"] not in ("success", "failed"):
         assert time.monotonic() < deadline, "session did not finish"
