@@ -17,6 +17,12 @@ def get_provider_info() -> dict[str, Any]:
         "integrations": [
             {"integration-name": "Nevermined", "external-doc-url": "https://docs.nevermined.io/"},
         ],
+        "plugins": [
+            {
+                "name": "nevermined_fl_rounds",
+                "plugin-class": "airflow_nevermined_fl.plugins.rounds_chart.RoundsChartPlugin",
+            },
+        ],
         "hooks": [
             {
                 "integration-name": "Nevermined",
@@ -51,6 +57,9 @@ def get_provider_info() -> dict[str, Any]:
                     "airflow_nevermined_fl.triggers.chain",
                 ],
             },
+        ],
+        "asset-uris": [
+            {"schemes": ["nevermined-fl"], "handler": "airflow_nevermined_fl.assets.sanitize_uri"},
         ],
         "connection-types": [
             {
@@ -90,6 +99,12 @@ def get_provider_info() -> dict[str, Any]:
                         "label": "Gateways' CA bundle",
                         "schema": {"type": ["string", "null"]},
                         "description": "Verifies the providers' HTTPS gateways (default: the system's CAs).",
+                    },
+                    "explorer_tx_url": {
+                        "label": "Block explorer transaction URL",
+                        "schema": {"type": ["string", "null"]},
+                        "description": "The tasks' transaction links, e.g. https://<explorer>/tx/{tx_hash}"
+                        " (empty: no links).",
                     },
                 },
                 "ui-field-behaviour": {

@@ -3,10 +3,11 @@
 validate (provider DIDs resolved, gateways asked) -> lock_coordinator_payment + lock_payment (mapped:
 data providers) -> publish_workflow -> start_coordinator (gateway execute) -> wait_for_coordinator
 (sensor) -> start_participants (mapped gateway execute) -> wait_for_rounds (sensor) -> publish_model
-(model DID; the gateways settle their own escrow) ; teardown (a teardown task: stop on every gateway,
-then the refund of unpaid work once the agreements' time-out passed on chain). The consumer's Airflow
-holds only the consumer's key. The sensors defer to the triggerer (no worker slot while they wait) when
-deferrable: by default where Airflow's ``[operators] default_deferrable`` is set.
+(model DID, an event of the DAG's model asset ``nevermined-fl://models/<dag_id>``; the gateways settle
+their own escrow) ; teardown (a teardown task: stop on every gateway, then the refund of unpaid work once
+the agreements' time-out passed on chain). The consumer's Airflow holds only the consumer's key. The
+sensors defer to the triggerer (no worker slot while they wait) when deferrable: by default where
+Airflow's ``[operators] default_deferrable`` is set.
 
 The lock steps run in parallel: the consumer's transactions (one nonce sequence and one ERC20 allowance
 per account) are serialized by the account's file lock in NeverminedHook, across the task processes of
@@ -20,6 +21,7 @@ from typing import Any
 
 from airflow.sdk import DAG, XComArg
 
+from airflow_nevermined_fl.assets import model_asset
 from airflow_nevermined_fl.operators.model import PublishModelOperator
 from airflow_nevermined_fl.operators.payment import LockPaymentOperator
 from airflow_nevermined_fl.operators.workflow import PublishWorkflowOperator, ValidateSessionOperator
@@ -44,9 +46,10 @@ def fl_session_dag(
     **dag_kwargs: Any,
 ) -> DAG:
     """Build a session DAG. ``params`` overrides the session defaults (the trigger form's values);
-    ``warm_start`` starts from the last model this DAG published; ``deferrable``: whether the sensors
-    defer their waits to the triggerer (None: a ``deferrable`` in ``default_args``, else Airflow's
-    ``[operators] default_deferrable``); ``False`` keeps them in worker slots."""
+    ``warm_start`` starts from the last model this DAG published (the newest event of its model asset,
+    :func:`~airflow_nevermined_fl.assets.model_asset`); ``deferrable``: whether the sensors defer their
+    waits to the triggerer (None: a ``deferrable`` in ``default_args``, else Airflow's ``[operators]
+    default_deferrable``); ``False`` keeps them in worker slots."""
     dag_kwargs.setdefault("start_date", datetime(2025, 1, 1))
     dag_kwargs.setdefault("catchup", False)
     dag_kwargs.setdefault("default_args", DEFAULT_ARGS)
@@ -56,8 +59,11 @@ def fl_session_dag(
     session = session_params(**(params or {}))
     # No step may take longer than a whole session (the waits have their own limits, from the run's conf).
     bounded = {"execution_timeout": timedelta(seconds=float(session["session_timeout"].value))}
+    asset = model_asset(dag_id)
     with DAG(dag_id, schedule=schedule, params=session, **dag_kwargs) as dag:
-        validate = ValidateSessionOperator(task_id="validate", warm_start=warm_start, retries=0, **bounded)
+        validate = ValidateSessionOperator(
+            task_id="validate", warm_start=asset if warm_start else None, retries=0, **bounded
+        )
         run = XComArg(validate, key="session")
         data_providers = validate.output
         lock_coordinator = LockPaymentOperator(
@@ -92,7 +98,13 @@ def fl_session_dag(
             **bounded,
         ).expand(provider=data_providers)
         url >> participants
-        rounds = WaitForRoundsSensor(task_id="wait_for_rounds", session=run, coordinator=url.output, **waits)
+        rounds = WaitForRoundsSensor(
+            task_id="wait_for_rounds",
+            session=run,
+            coordinator=url.output,
+            workloads=[start.output, participants.output],
+            **waits,
+        )
         participants >> rounds
         model = PublishModelOperator(
             task_id="publish_model",
@@ -100,6 +112,7 @@ def fl_session_dag(
             workflow=publish.output,
             payments=payments,
             result=rounds.output,
+            outlets=[asset],
             **bounded,
         )
         TeardownSessionOperator(

@@ -80,13 +80,13 @@ def asset_main(
     name: str,
     provider: str,
     endpoint: str,
-    price: int,
+    price: str,
     token: str,
     dataset: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``main`` block of a provider's compute asset (``fl-coordinator`` or ``fl-participant`` service):
-    its gateway endpoint, address and price in token base units; a participant's public ``dataset``
-    description (features, classes, rows), never the data's location."""
+    its gateway endpoint, address and price (a decimal string in units of ``token``, e.g. ``"5"``); a
+    participant's public ``dataset`` description (features, classes, rows), never the data's location."""
     main: dict[str, Any] = {
         "type": "compute",
         "name": name,

@@ -2,7 +2,8 @@
 
 The same schema validates a REST ``conf`` at trigger time (Airflow answers 400 naming the field) and,
 through :func:`validate_conf`, again at run start before any transaction, adding the checks that span
-several fields.
+several fields. ``max_price`` is in token units: a decimal string (``"5"``, ``"0.25"``) or a JSON number,
+kept as its plain decimal string.
 """
 
 from __future__ import annotations
@@ -12,8 +13,12 @@ from typing import Any
 import jsonschema
 from airflow.sdk import Param
 
+from airflow_nevermined_fl.contracts.errors import InvalidInputError
+from airflow_nevermined_fl.contracts.units import positive_tokens
+
 _CONN_ID = {"type": "string", "minLength": 1, "maxLength": 250}
 DID_PATTERN = "^did:nv:[0-9a-f]{64}$"
+TOKENS_PATTERN = "^(?=.*[1-9])[0-9]+(\\.[0-9]+)?$"  # a positive decimal number of tokens
 
 PROVIDER_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -86,8 +91,8 @@ PROPERTIES: dict[str, tuple[dict[str, Any], str]] = {
     ),
     "model": (MODEL_SCHEMA, "Model trained by every participant."),
     "max_price": (
-        {"type": ["integer", "null"], "minimum": 1},
-        "Highest price (token base units) accepted from any one provider; empty for no cap.",
+        {"type": ["string", "number", "null"], "pattern": TOKENS_PATTERN, "exclusiveMinimum": 0},
+        'Highest price accepted from any one provider, in tokens (e.g. "5" or "0.25"); empty for no cap.',
     ),
     "heartbeat": ({"type": "number", "minimum": 0.1, "maximum": 60}, "Participant heartbeat (s)."),
     "stall_timeout": (
@@ -144,6 +149,11 @@ def validate_conf(conf: dict[str, Any]) -> dict[str, Any]:
     if errors:
         err = errors[0]
         raise ConfError(f"{_field(err.absolute_path)}: {err.message}")
+    if full["max_price"] is not None:
+        try:
+            full["max_price"] = positive_tokens(full["max_price"], "conf.max_price")
+        except InvalidInputError as err:
+            raise ConfError(str(err)) from None
     providers = full["data_providers"]
     dids = [full["coordinator"]["did"]] + [p["did"] for p in providers]
     for i, did in enumerate(dids):

@@ -1,8 +1,9 @@
 """Resolve a provider's compute asset DID: on-chain registry -> DDO (checksum verified) -> provider terms.
 
 Everything the consumer knows about a provider comes from here: the gateway endpoint, the provider's
-address (the DID's owner on chain) and its price. DDOs are fetched from the URL registered with the DID
-(the provider's gateway over http(s), or an ``s3://`` metadata store with the consumer's storage).
+address (the DID's owner on chain) and its price (in token units). DDOs are fetched from the URL
+registered with the DID (the provider's gateway over http(s), or an ``s3://`` metadata store with the
+consumer's storage).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from airflow_nevermined_fl import ddo
+from airflow_nevermined_fl.contracts.errors import InvalidInputError
+from airflow_nevermined_fl.contracts.units import positive_tokens
 
 if TYPE_CHECKING:
     from airflow_nevermined_fl.contracts.keeper import DidRecord, Keeper
@@ -27,14 +30,15 @@ class ResolveError(ValueError):
 
 @dataclass(frozen=True)
 class ProviderRef:
-    """A provider's compute service, as its asset DID says (JSON-serializable through ``to_dict``)."""
+    """A provider's compute service, as its asset DID says (JSON-serializable through ``to_dict``);
+    ``price`` in token units, a plain decimal string."""
 
     did: str
     name: str
     role: str
     address: str
     endpoint: str
-    price: int
+    price: str
     dataset: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -85,9 +89,10 @@ def resolve_provider(
         raise ResolveError(
             f"{did}: its DDO names provider {main.get('provider')}, the DID's owner is {record.owner}"
         )
-    price = service.get("price")
-    if isinstance(price, bool) or not isinstance(price, int) or price < 1:
-        raise ResolveError(f"{did}: its DDO has no valid price ({price!r})")
+    try:
+        price = positive_tokens(service.get("price"), f"{did}: its DDO's price")
+    except InvalidInputError as err:
+        raise ResolveError(str(err)) from None
     return ProviderRef(
         did=record.did,
         name=str(main.get("name") or record.did[7:19]),

@@ -118,9 +118,9 @@ def main() -> int:
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="nvfl-bench-"))
     os.environ["NVFL_HOME"] = str(home)
+    from airflow_nevermined_fl.client import AirflowClient
     from airflow_nevermined_fl.devtools import devstack
     from airflow_nevermined_fl.devtools.devstack import airflow, gateways
-    from airflow_nevermined_fl.devtools.rest import AirflowClient
 
     try:
         status = devstack.up()

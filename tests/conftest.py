@@ -1,13 +1,17 @@
 """Shared pytest setup: every test runs with its own state dir so it never touches a user's devstack;
-one real SeaweedFS (free ports) for the whole test session."""
+one real SeaweedFS (free ports) and one headless browser (``browser.py``) for the whole test session."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from browser import Screenshots
+    from playwright.sync_api import Browser
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -27,3 +31,20 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         yield state
     finally:
         s3.down(state)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """Debian's chromium through Playwright (skips without it, unless NVFL_REQUIRE_BROWSER=1)."""
+    from browser import chromium
+
+    with chromium() as launched:
+        yield launched
+
+
+@pytest.fixture
+def screenshots(tmp_path: Path, request: pytest.FixtureRequest) -> Screenshots:
+    """This test's screenshots: in its tmp dir (and ``$NVFL_ARTIFACTS/<test>/``)."""
+    from browser import Screenshots
+
+    return Screenshots(tmp_path, request.node.name)

@@ -255,6 +255,5 @@ class AgreementsMixin(DidRegistryMixin):
     def _require_balance(self, owner: str, needed: int) -> None:
         balance = self.token_balance(owner)
         if balance < needed:
-            raise InvalidInputError(
-                f"amounts: insufficient token balance: {owner} has {balance}, needs {needed}"
-            )
+            has, needs = self.token.format(balance), self.token.format(needed)
+            raise InvalidInputError(f"amounts: insufficient token balance: {owner} has {has}, needs {needs}")

@@ -26,6 +26,7 @@ from airflow_nevermined_fl.contracts.client import (
 )
 from airflow_nevermined_fl.contracts.deployment import Deployment
 from airflow_nevermined_fl.contracts.errors import DeploymentError, InvalidInputError
+from airflow_nevermined_fl.contracts.units import Token, read_token
 
 # The contracts a keeper uses; get_conn checks each has code on the chain.
 HOOK_CONTRACTS: tuple[str, ...] = (
@@ -73,6 +74,7 @@ class KeeperConnection:
         self._signer: Signer | None = None
         self._deployment: Deployment | None = None
         self._contracts: dict[str, Contract] = {}
+        self._token: Token | None = None
         self._chain_id = 0
 
     def keeper_settings(self) -> KeeperSettings:
@@ -148,6 +150,13 @@ class KeeperConnection:
     def token_address(self) -> str:
         """The NeverminedToken contract prices are paid in."""
         return self._addr("NeverminedToken")
+
+    @property
+    def token(self) -> Token:
+        """The NeverminedToken's symbol and decimals (prices are in its units), read once per connection."""
+        if self._token is None:
+            self._token = read_token(self._c("NeverminedToken"))
+        return self._token
 
     @contextmanager
     def account_lock(self) -> Iterator[None]:

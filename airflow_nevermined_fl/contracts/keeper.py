@@ -15,8 +15,9 @@ The consumer's Airflow uses it through :class:`~airflow_nevermined_fl.hooks.neve
 
 This module is the import point. The keeper's parts, one module each: ``connection`` (settings, account,
 contracts, transactions), ``did_registry``, ``agreements``, ``escrow``, ``provenance``; chain value helpers
-in ``values``, the records passed between tasks in ``records``; a consumer's agreements read back from
-the chain's events and their refunds (no local ledger) in ``recovery``.
+in ``values``, token units and base units in ``units``, the records passed between tasks in ``records``; a
+consumer's agreements read back from the chain's events and their refunds (no local ledger) in
+``recovery``.
 """
 
 from __future__ import annotations

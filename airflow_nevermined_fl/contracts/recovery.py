@@ -61,15 +61,16 @@ class ChainAgreement:
     ``waiting`` (locked, compute open: refundable after ``due_after_block``, never when that is None,
     i.e. ``time_out`` 0), ``computed`` (compute fulfilled, escrow not yet released: it belongs to the
     receivers), ``not_locked`` (nothing paid), ``unknown`` (a state combination the template cannot
-    reach). ``amount``, ``amounts``, ``receivers`` and ``token`` come from the lock (None: never locked);
-    ``agreement`` is None when not locked, or when the lock's terms do not rebuild its ids (``note``).
+    reach). ``amount``, ``amounts``, ``receivers`` and ``token`` come from the lock (None: never locked):
+    ``amount`` is their total in token units (a plain decimal string), ``amounts`` the lock's terms in base
+    units. ``agreement`` is None when not locked, or when the lock's terms do not rebuild its ids (``note``).
     """
 
     agreement_id: str
     did: str
     consumer: str
     provider: str
-    amount: int | None
+    amount: str | None
     amounts: list[int] | None
     receivers: list[str] | None
     token: str | None
@@ -88,9 +89,11 @@ class ChainAgreement:
 
 @dataclass(frozen=True)
 class RefundReport:
-    """Result of :func:`refund_due_agreements`: every agreement (after the refunds) and what was sent."""
+    """Result of :func:`refund_due_agreements`: every agreement (after the refunds) and what was sent;
+    amounts in tokens of ``symbol``."""
 
     consumer: str
+    symbol: str
     chain_id: int
     from_block: int
     current_block: int
@@ -240,7 +243,7 @@ def _assess(keeper: EscrowMixin, consumer: str, found: _Found, block: int) -> Ch
         did=did_str(args["_did"]),
         consumer=consumer,
         provider=provider,
-        amount=sum(amounts) if amounts else None,
+        amount=keeper.token.text(sum(amounts)) if amounts else None,
         amounts=amounts,
         receivers=receivers,
         token=lock["_tokenAddress"] if lock else None,
@@ -299,7 +302,7 @@ def refund_due_agreements(
     """
     consumer = _consumer_and_range(keeper, None, from_block, block_chunk)
     block, listed = _list(keeper, consumer, from_block, block_chunk)
-    agreements = [a for _, a in listed]
+    agreements, symbol = [a for _, a in listed], keeper.token.symbol
     refunded: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     touched: dict[str, _Found] = {}
@@ -319,7 +322,7 @@ def refund_due_agreements(
         ) as exc:
             failed.append(_failure(entry, str(exc)))  # a later run finds it done or refunds it
             continue
-        keeper.log.info("refunded %s (%s) in tx %s", entry.agreement_id, entry.amount, tx_hash)
+        keeper.log.info("refunded %s (%s %s) in tx %s", entry.agreement_id, entry.amount, symbol, tx_hash)
         refunded.append({"agreement_id": entry.agreement_id, "amount": entry.amount, "tx_hash": tx_hash})
         touched[entry.agreement_id] = found
     if touched:  # their states after the refunds
@@ -330,6 +333,7 @@ def refund_due_agreements(
         ]
     return RefundReport(
         consumer=consumer,
+        symbol=symbol,
         chain_id=int(keeper.get_conn().w3.eth.chain_id),
         from_block=from_block,
         current_block=block,

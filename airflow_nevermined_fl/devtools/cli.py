@@ -135,7 +135,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     _json_flag(parser)
 
 
-def _session(args: argparse.Namespace) -> int:
+def _session_local(args: argparse.Namespace) -> int:
     from airflow_nevermined_fl.devtools.session_local import LocalSession, SessionLocalError
 
     session = LocalSession(
@@ -162,10 +162,23 @@ def _session(args: argparse.Namespace) -> int:
     return 0 if report["state"] == "FINISHED" else 1
 
 
+def _session_airflow(args: argparse.Namespace) -> int:
+    from airflow_nevermined_fl import session_cli
+
+    try:
+        return session_cli.main(args)
+    except session_cli.CommandError as exc:
+        return _error(f"session {args.action}", exc, exc.code)
+
+
 def _add_session(sub: argparse._SubParsersAction) -> None:
-    parser = _command(
-        sub, "session", _session, "one bare FL session as local processes (no Airflow)", ["local"]
-    )
+    from airflow_nevermined_fl import session_cli  # its parsers only: the standard library
+
+    group = sub.add_parser("session", help="FL sessions: runs on an Airflow, or one bare local session")
+    commands = group.add_subparsers(dest="action", required=True)
+    session_cli.add_commands(commands, _session_airflow)
+    parser = commands.add_parser("local", help="one bare FL session as local processes (no Airflow)")
+    parser.set_defaults(func=_session_local)
     parser.add_argument("--participants", type=int, required=True)
     parser.add_argument("--rounds", type=int, required=True)
     parser.add_argument("--epochs", type=int, default=3, help="local epochs per round")
@@ -333,8 +346,8 @@ def _refund_keeper(args: argparse.Namespace) -> Any:
     return UriHook(nevermined_conn_id=conn.conn_id)
 
 
-def _refund_line(a: Any) -> str:
-    amount = f"{a.amount} locked for {a.provider}" if a.amount is not None else "nothing locked"
+def _refund_line(a: Any, symbol: str) -> str:
+    amount = f"{a.amount} {symbol} locked for {a.provider}" if a.amount is not None else "nothing locked"
     detail = {
         "refund_due": f"compute {a.condition_states['compute']}, timed out after block {a.due_after_block}",
         "waiting": (
@@ -394,14 +407,17 @@ def _refund(args: argparse.Namespace) -> int:
         f" (agreements created from block {report.from_block})"
     )
     print(f"{len(report.agreements)} agreements" + "".join(f", {n} {s}" for s, n in sorted(counts.items())))
+    symbol = report.symbol
     for agreement in open_agreements(report.agreements):
-        print(_refund_line(agreement))
+        print(_refund_line(agreement, symbol))
     for r in report.refunded:
-        print(f"refunded {r['agreement_id']}: {r['amount']} back to the consumer (tx {r['tx_hash']})")
+        print(
+            f"refunded {r['agreement_id']}: {r['amount']} {symbol} back to the consumer (tx {r['tx_hash']})"
+        )
     for f in report.failed:
-        print(f"refund of {f['agreement_id']} ({f['amount']}) failed: {f['error']}")
+        print(f"refund of {f['agreement_id']} ({f['amount']} {symbol}) failed: {f['error']}")
     if args.dry_run and due:
-        total = sum(a.amount or 0 for a in due)
+        total = keeper.token.format(sum(sum(a.amounts or []) for a in due))
         print(f"dry run: {len(due)} refund(s) due ({total} in all), nothing sent")
     elif due:
         print(f"{len(due)} refund(s) still due: run again")

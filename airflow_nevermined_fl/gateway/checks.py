@@ -123,11 +123,14 @@ def check_execute(provider: Provider, caller: str, agreement_id: str, body: Any)
 
 
 def _verified_agreement(
-    provider: Provider, terms: dict[str, Any], caller: str, did: str, price: int, min_time_out: int
+    provider: Provider, terms: dict[str, Any], caller: str, did: str, price: str, min_time_out: int
 ) -> ComputeAgreement:
+    """The agreement, verified to pay ``price`` (token units) in base units by the token's decimals."""
+    keeper = provider.keeper
     try:
-        return provider.keeper.verify_compute_agreement(
-            terms, consumer=caller, did=did, amount=price, min_time_out=min_time_out
+        amount = keeper.token.base(price, "price")
+        return keeper.verify_compute_agreement(
+            terms, consumer=caller, did=did, amount=amount, min_time_out=min_time_out
         )
     except UnknownAgreementError as exc:
         raise Refusal(404, str(exc)) from None

@@ -12,7 +12,7 @@
   "backend": {"type": "local", "connection": null},  # docker/kubernetes: that Airflow connection's JSON
   "storage": {"endpoint_url": "http://127.0.0.1:8333", "bucket": "nvfl", "region_name": "us-east-1",
               "credentials_file": "/etc/nvfl/s3.json"},   # {"access_key", "secret_key"}, mode 0600
-  "services": [{"name": "provider-1", "type": "fl-participant", "price": 5,
+  "services": [{"name": "provider-1", "type": "fl-participant", "price": "5",   # tokens, e.g. "0.25"
                 "dataset": "/data/provider-1.npz"}],      # or "s3://bucket/key.npz"; never published
   "max_executions": 8,
   "auth_max_age": 120
@@ -23,6 +23,8 @@ Plain HTTP is allowed only on a loopback address; anything else needs ``tls_cert
 The kubernetes backend needs its ``connection``; its pods see none of the gateway's files, so its datasets
 are ``s3://`` URLs (or on the connection's ``extra.nvfl.dataset_volume``).
 Secret files (key, storage credentials) must not be readable by group or others.
+A service's ``price`` is in token units (a decimal string, or a JSON number read through its text); the
+gateway converts it to base units with the token's ``decimals()`` when it publishes and checks agreements.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from airflow_nevermined_fl.contracts.errors import InvalidInputError
 from airflow_nevermined_fl.contracts.timeouts import DEFAULT_BLOCK_TIME
+from airflow_nevermined_fl.contracts.units import positive_tokens
 from airflow_nevermined_fl.netaddr import is_loopback
 
 ServiceType = Literal["fl-coordinator", "fl-participant"]
@@ -47,11 +51,12 @@ class GatewayConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Service:
-    """One compute service the provider sells: the coordinator, or a participant on one dataset."""
+    """One compute service the provider sells: the coordinator, or a participant on one dataset;
+    ``price`` in token units, a plain decimal string (``"5"``, ``"0.25"``)."""
 
     name: str
     type: ServiceType
-    price: int
+    price: str
     dataset: str | None = None
 
 
@@ -141,9 +146,10 @@ def _service(data: Any, i: int) -> Service:
     kind = _get(data, "type", str, where)
     if kind not in SERVICE_TYPES:
         raise GatewayConfigError(f"{where}type: {kind!r} is not one of {list(SERVICE_TYPES)}")
-    price = _get(data, "price", int, where)
-    if price < 1:
-        raise GatewayConfigError(f"{where}price: must be a positive number of token units")
+    try:
+        price = positive_tokens(_get(data, "price", (str, int, float), where), f"{where}price")
+    except InvalidInputError as err:
+        raise GatewayConfigError(str(err)) from None
     dataset = _get(data, "dataset", str, where, None)
     if kind == "fl-participant":
         if not dataset:

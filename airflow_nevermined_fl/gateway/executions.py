@@ -10,6 +10,7 @@ stays possible.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +30,8 @@ from airflow_nevermined_fl.runtime.workload import ExecutionState, SessionState,
 log = logging.getLogger(__name__)
 
 FOLLOW_LINES = 1_000_000
+GRANT_QUERY = re.compile(r"\?[^\s'\"]*X-Amz-[^\s'\"]*")
+"""The query of a presigned (SigV4) URL: its credential scope and signature."""
 
 
 def coordinator_status(workload: Workload, timeout: float = 2.0) -> dict[str, Any] | None:
@@ -132,12 +135,13 @@ class Executions:
         return self.redacted(self.launcher.logs(Workload.from_dict(execution.workload), tail))
 
     def redacted(self, text: str) -> str:
-        """``text`` for the consumer: without the provider's storage keys and dataset locations."""
+        """``text`` for the consumer: without the provider's storage keys, dataset locations and the
+        signatures of its storage grants (a presigned URL's query is a bearer credential)."""
         config = self.provider.config
         datasets = [s.dataset for s in config.services if s.dataset]
         for secret in [*config.storage.credentials().values(), *datasets]:
             text = text.replace(secret, "[redacted]")
-        return text
+        return GRANT_QUERY.sub("?[redacted]", text)
 
     def follow(self, execution: Execution, period: float = 0.5) -> Iterator[str]:
         """The workload's log lines as they are written, until it ends."""

@@ -62,13 +62,16 @@ def dataset_description(provider: Provider, service: Service) -> dict[str, int]:
 
 def publish(config: GatewayConfig) -> list[dict[str, Any]]:
     """Store and register the asset of every configured service; returns
-    ``[{"name", "type", "did", "price", "ddo_url", "tx_hash"}]`` (``tx_hash`` None: already registered)."""
+    ``[{"name", "type", "did", "price", "ddo_url", "tx_hash"}]`` (``tx_hash`` None: already registered).
+    Every price must be a whole number of the token's base units, checked before any transaction."""
     if not config.public_url and not config.port:
         raise GatewayConfigError(
             "listen.port: publishing needs a fixed port (or public_url) consumers can reach"
         )
     provider = Provider(config)
     keeper, address = provider.keeper, provider.address
+    for i, service in enumerate(config.services):
+        keeper.token.base(service.price, f"services[{i}].price")
     assets = []
     for service in config.services:
         dataset = dataset_description(provider, service) if service.type == "fl-participant" else None

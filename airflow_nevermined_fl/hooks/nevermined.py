@@ -4,7 +4,8 @@ Connection (type ``nevermined``): ``host`` = JSON-RPC URL, ``password`` = the ac
 extra ``deployment_file`` (JSON with chain id and per contract address + ABI) or ``addresses``
 (``{contract: address}``, ABIs from the compiled contracts), optional ``chain_id`` (checked against the node),
 ``rpc_retries``, ``block_time`` (seconds between blocks, at least: sizes the agreements' refund
-time-out) and ``gateway_ca_file`` (CA bundle for the providers' HTTPS gateways). The key is never
+time-out), ``gateway_ca_file`` (CA bundle for the providers' HTTPS gateways) and ``explorer_tx_url`` (a
+block explorer's transaction URL with ``{tx_hash}``, for the tasks' extra links). The key is never
 logged, returned, or put in XCom. The chain logic is the
 :class:`~airflow_nevermined_fl.contracts.keeper.Keeper`; this hook reads its settings from the connection.
 """
@@ -105,6 +106,23 @@ class NeverminedHook(BaseHook, Keeper):
     def gateway_ca_file(self) -> str | None:
         """CA bundle that verifies the providers' HTTPS gateways (None: the system's CAs)."""
         return self._extra.get("gateway_ca_file") or None
+
+    @property
+    def explorer_tx_url(self) -> str | None:
+        """A block explorer's URL of a transaction, ``{tx_hash}`` in it (extra ``explorer_tx_url``; None:
+        no explorer links)."""
+        value = self._extra.get("explorer_tx_url") or None
+        if value is not None and (
+            not isinstance(value, str)
+            or not value.startswith(("https://", "http://"))
+            or "{tx_hash}" not in value
+            or "{" in value.replace("{tx_hash}", "")
+        ):
+            raise InvalidInputError(
+                f"{self.nevermined_conn_id}: extra explorer_tx_url must be an http(s) URL with {{tx_hash}},"
+                f" got {value!r}"
+            )
+        return value
 
     @staticmethod
     def _load_deployment(extra: dict[str, Any], where: str) -> Deployment:

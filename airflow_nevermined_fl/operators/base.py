@@ -32,10 +32,13 @@ def metadata_store(conn_id: str) -> MetadataStore:
     return MetadataStore(storage(conn_id))
 
 
-def gateway(consumer: NeverminedHook, provider: dict[str, Any]) -> GatewayClient:
+def gateway(
+    consumer: NeverminedHook, provider: dict[str, Any], timeout: float | None = None
+) -> GatewayClient:
     """A client of the gateway at ``provider["endpoint"]`` (run by the address ``provider["provider"]``:
-    a payment's or an execution's fields) signing as the consumer."""
-    from airflow_nevermined_fl.protocol.client import GatewayClient
+    a payment's or an execution's fields) signing as the consumer; each call bounded by ``timeout`` s
+    (None: the client's default)."""
+    from airflow_nevermined_fl.protocol.client import TIMEOUT, GatewayClient
 
     return GatewayClient(
         provider["endpoint"],
@@ -43,6 +46,7 @@ def gateway(consumer: NeverminedHook, provider: dict[str, Any]) -> GatewayClient
         address=consumer.account().address,
         sign=consumer.sign_message,
         ca_file=consumer.gateway_ca_file,
+        timeout=TIMEOUT if timeout is None else timeout,
     )
 
 

@@ -6,11 +6,12 @@ import hashlib
 import time
 from typing import TYPE_CHECKING, Any
 
+from airflow.sdk import Asset
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_nevermined_fl import ddo
+from airflow_nevermined_fl.links import ModelDdoLink, ModelRegistrationLink
 from airflow_nevermined_fl.operators.base import SessionOperator, as_list, by_name, gateway, metadata_store
-from airflow_nevermined_fl.operators.workflow import latest_model_key
 from airflow_nevermined_fl.runtime.workload import UNSUCCESSFUL
 
 if TYPE_CHECKING:
@@ -23,7 +24,9 @@ class PublishModelOperator(SessionOperator):
     """Verify the final model against the coordinator's checksum, upload it, register its DID (session
     id and provenance to the workflow DIDs in its metadata); then wait (``settle_timeout``) until every
     provider's gateway has settled its own agreement on completion (compute fulfilled, escrow released
-    with the provider's key): payment happens only for completed work.
+    with the provider's key): payment happens only for completed work. Each asset among its ``outlets``
+    (the DAG factory's: the DAG's model asset) gets an event, ``extra`` ``{"model_did", "model_url",
+    "sha256", "final_accuracy", "rounds", "session_id"}``; a retry that succeeds announces the model again.
 
     Output: ``model_did``, ``model_url``, ``model_sha256``, ``ddo_url``, ``final_accuracy``,
     ``rounds_metrics``, ``released`` ({provider: {"compute", "release"} tx hashes as the gateways
@@ -32,6 +35,7 @@ class PublishModelOperator(SessionOperator):
     """
 
     template_fields = ("session", "workflow", "payments", "result")
+    operator_extra_links = (ModelDdoLink(), ModelRegistrationLink())
     ui_color = "#e3d6f8"
 
     def __init__(
@@ -76,16 +80,17 @@ class PublishModelOperator(SessionOperator):
             self.log.info(
                 "%s: compute fulfilled (tx %s), escrow released (tx %s)", name, txs["compute"], txs["release"]
             )
-        ti = context["ti"]
-        store.put_json(
-            latest_model_key(ti.dag_id),
-            {
-                "model_did": model_did,
-                "model_url": model_url,
-                "session_id": self.session_id,
-                "run_id": ti.run_id,
-            },
-        )
+        event = {
+            "model_did": model_did,
+            "model_url": model_url,
+            "sha256": sha256,
+            "final_accuracy": self.result["final_accuracy"],
+            "rounds": self.result["rounds"],
+            "session_id": self.session_id,
+        }
+        for outlet in self.outlets:
+            if isinstance(outlet, Asset):
+                context["outlet_events"][outlet].extra = event
         return {
             "session_id": self.session_id,
             "model_did": model_did,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from airflow_nevermined_fl.contracts.timeouts import compute_time_out
+from airflow_nevermined_fl.links import LockTransactionLink
 from airflow_nevermined_fl.operators.base import SessionOperator
 
 if TYPE_CHECKING:
@@ -18,19 +19,21 @@ if TYPE_CHECKING:
 
 
 class LockPaymentOperator(SessionOperator):
-    """Consumer locks one provider's price (from its asset DDO) in escrow: an EscrowComputeExecutionTemplate
-    agreement on the provider's asset DID, paying the provider's address. Its compute time-out (after which
-    the consumer may refund) is the session's ``session_timeout`` and a margin, in the chain's blocks.
+    """Consumer locks one provider's price (from its asset DDO, in token units; the agreement's amount in
+    base units by the token's decimals) in escrow: an EscrowComputeExecutionTemplate agreement on the
+    provider's asset DID, paying the provider's address. Its compute time-out (after which the consumer
+    may refund) is the session's ``session_timeout`` and a margin, in the chain's blocks.
 
     Mapped over the data providers (and once for the coordinator). Every step reads the chain first: a
     retry creates no second agreement and locks nothing twice.
 
-    Output: ``name``, ``role``, ``did``, ``provider`` (address), ``price``, ``endpoint`` (gateway),
+    Output: ``name``, ``role``, ``did``, ``provider`` (address), ``price`` (tokens), ``endpoint`` (gateway),
     ``agreement``, ``tx_hashes`` ({"agreement", "lock"}; None when already done).
     """
 
     template_fields = ("session", "provider")
     ui_color = "#f8e3c4"
+    operator_extra_links = (LockTransactionLink(),)
 
     def __init__(self, *, provider: dict[str, Any], **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -39,21 +42,22 @@ class LockPaymentOperator(SessionOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         p = self.provider
         consumer = self.consumer
+        amount = consumer.token.base(p["price"], f"{p['name']}'s price")
         agreement = consumer.create_compute_agreement(
             consumer.agreement_seed(f"{self.session_id}/{p['did']}", p["address"]),
             p["did"],
             p["address"],
-            p["price"],
+            amount,
             time_out=compute_time_out(self.conf["session_timeout"], consumer.block_time),
         )
         lock_tx = consumer.lock_payment(agreement)
         self.log.info(
-            "%s %s (%s): agreement %s, %d locked (tx %s)",
+            "%s %s (%s): agreement %s, %s locked (tx %s)",
             p["role"],
             p["name"],
             p["did"],
             agreement.agreement_id,
-            p["price"],
+            consumer.token.format(amount),
             lock_tx or "none: already locked",
         )
         return {

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_nevermined_fl import ddo
+from airflow_nevermined_fl.assets import last_model
 from airflow_nevermined_fl.operators.base import SessionOperator, metadata_store, nevermined, storage
 from airflow_nevermined_fl.params import ConfError, validate_conf
 
 if TYPE_CHECKING:
-    from airflow.sdk import Context
+    from airflow.sdk import Asset, Context
 
     from airflow_nevermined_fl.hooks.nevermined import NeverminedHook
     from airflow_nevermined_fl.hooks.storage import StorageHook
@@ -34,11 +36,6 @@ def _unique_names(providers: list[dict[str, Any]]) -> None:
         seen.add(p["name"])
 
 
-def latest_model_key(dag_id: str) -> str:
-    """Storage key of the pointer to the last model a DAG (workflow) published."""
-    return f"models/by-dag/{dag_id}/latest.json"
-
-
 class ValidateSessionOperator(BaseOperator):
     """Check everything checkable before any transaction: the conf (schema + cross-field rules), each
     provider DID (registered on chain, its DDO matching the registered checksum, the right service type),
@@ -49,15 +46,17 @@ class ValidateSessionOperator(BaseOperator):
     ``address``, ``endpoint``, ``price``, ``dataset``). XCom key ``session``: ``{"session_id", "conf",
     "consumer", "coordinator": <resolved coordinator>, "providers": [...]}``; key ``coordinator``: the
     resolved coordinator alone.
-    ``warm_start``: when the conf names no ``initial_model``, start from the last model this DAG
-    published, if any.
+    ``warm_start``: a model asset (an inlet of the task): when the conf names no ``initial_model``, start
+    from the model of its newest event, if any (the DAG factory's: the DAG's own model asset).
     """
 
     ui_color = "#e8f3d6"
 
-    def __init__(self, *, warm_start: bool = False, **kwargs: Any) -> None:
+    def __init__(self, *, warm_start: Asset | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.warm_start = warm_start
+        if warm_start is not None:
+            self.add_inlets([warm_start])
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         try:
@@ -76,8 +75,8 @@ class ValidateSessionOperator(BaseOperator):
         _unique_names([coordinator, *providers])
         self._check_terms(conf, consumer, coordinator, providers)
         ti = context["ti"]
-        if self.warm_start and conf["initial_model"] is None:
-            conf["initial_model"] = self._latest_model(conf, ti.dag_id)
+        if self.warm_start is not None and conf["initial_model"] is None:
+            conf["initial_model"] = self._last_model(context, self.warm_start)
         session = {
             "session_id": session_id_for(ti.dag_id, ti.run_id),
             "conf": conf,
@@ -124,7 +123,7 @@ class ValidateSessionOperator(BaseOperator):
         if service is None or not service.get("ready"):
             reason = service.get("reason") if service else "the gateway does not offer this asset"
             raise AirflowFailException(f"{where}.did: {ref.name} cannot serve now: {reason}")
-        self.log.info("%s: %s %s at %s, price %d", where, role, ref.name, ref.endpoint, ref.price)
+        self.log.info("%s: %s %s at %s, price %s", where, role, ref.name, ref.endpoint, ref.price)
         return ref.to_dict()
 
     @staticmethod
@@ -134,15 +133,22 @@ class ValidateSessionOperator(BaseOperator):
         coordinator: dict[str, Any],
         providers: list[dict[str, Any]],
     ) -> None:
-        """Prices within the cap, the model fitting every dataset, the consumer's balance covering all."""
+        """Prices (token units) within the cap and payable in the token's base units, the model fitting
+        every dataset, the consumer's balance covering all."""
+        from airflow_nevermined_fl.contracts.errors import InvalidInputError
+
         entries = [("conf.coordinator", coordinator)]
         entries += [(f"conf.data_providers[{i}]", p) for i, p in enumerate(providers)]
-        cap = conf["max_price"]
+        cap, token = conf["max_price"], consumer.token
         for where, p in entries:
-            if cap is not None and p["price"] > cap:
+            if cap is not None and Decimal(p["price"]) > Decimal(cap):
                 raise AirflowFailException(
                     f"{where}.did: {p['name']} asks {p['price']}, above max_price={cap}"
                 )
+        try:
+            total = sum(token.base(p["price"], f"{where}.did: {p['name']}'s price") for where, p in entries)
+        except InvalidInputError as err:
+            raise AirflowFailException(str(err)) from None
         model = conf["model"]
         for where, p in entries[1:]:
             data = p.get("dataset") or {}
@@ -152,22 +158,22 @@ class ValidateSessionOperator(BaseOperator):
                         f"conf.model.{field}: {model[field]}, but {p['name']}'s dataset ({where}) "
                         f"has {data[key]} {key}"
                     )
-        total = sum(p["price"] for _, p in entries)
         balance = consumer.token_balance(consumer.address)
         if balance < total:
             raise AirflowFailException(
-                f"conf: the session costs {total} token units; the consumer {consumer.address} has {balance}"
+                f"conf: the session costs {token.format(total)}; the consumer {consumer.address} has "
+                f"{token.format(balance)}"
             )
 
-    def _latest_model(self, conf: dict[str, Any], dag_id: str) -> str | None:
-        store = storage(conf["storage_conn_id"])
-        pointer = store.url(latest_model_key(dag_id))
-        if not store.exists(pointer):
-            self.log.info("warm start: no model published by %s yet; starting fresh", dag_id)
+    def _last_model(self, context: Context, asset: Asset) -> str | None:
+        last = last_model(context, asset)
+        if last is None:
+            self.log.info("warm start: no event of %s yet; starting fresh", asset.uri)
             return None
-        latest = store.get_json(pointer)
-        self.log.info("warm start from %s (session %s)", latest["model_did"], latest["session_id"])
-        return latest["model_did"]
+        if not isinstance(last.get("model_did"), str):
+            raise AirflowFailException(f"warm start: the newest event of {asset.uri} names no model_did")
+        self.log.info("warm start from %s (session %s)", last["model_did"], last.get("session_id"))
+        return last["model_did"]
 
 
 class PublishWorkflowOperator(SessionOperator):

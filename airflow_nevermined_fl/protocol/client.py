@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -145,27 +145,46 @@ class GatewayClient:
     def logs(self, agreement_id: str, tail: int = 100) -> str:
         return self.request("GET", f"{API}/compute/logs/{agreement_id}", params={"tail": tail})["logs"]
 
-    def follow_logs(self, agreement_id: str, idle_timeout: float | None = None) -> Iterator[str]:
-        """The workload's log lines as they are written, until it ends. Connecting is bounded like every
-        call; a silent workload writes nothing for long, so the wait for the next line is unbounded unless
-        ``idle_timeout`` (s) is given."""
+    def _follow(self, agreement_id: str, idle_timeout: float | None) -> tuple[str, dict[str, Any]]:
+        """The signed request of a logs stream: its path and ``httpx`` arguments (connecting bounded like
+        every call; the wait for the next line by ``idle_timeout``, unbounded when None)."""
         path = f"{API}/compute/logs/{agreement_id}"
         _, headers = self._prepare("GET", path, None)
         base = self._timeout if isinstance(self._timeout, httpx.Timeout) else httpx.Timeout(self._timeout)
         timeout = httpx.Timeout(connect=base.connect, read=idle_timeout, write=base.write, pool=base.pool)
+        return path, {"headers": headers, "params": {"follow": "true"}, "timeout": timeout}
+
+    def follow_logs(self, agreement_id: str, idle_timeout: float | None = None) -> Iterator[str]:
+        """The workload's log lines as they are written, until it ends. A silent workload writes nothing
+        for long, so the wait for the next line is unbounded unless ``idle_timeout`` (s) is given."""
+        path, kwargs = self._follow(agreement_id, idle_timeout)
         try:
             with (
-                httpx.Client(verify=self._verify, timeout=timeout) as http,
-                http.stream(
-                    "GET", self.endpoint + path, headers=headers, params={"follow": "true"}
-                ) as response,
+                httpx.Client(verify=self._verify) as http,
+                http.stream("GET", self.endpoint + path, **kwargs) as response,
             ):
                 if response.status_code >= 400:
                     response.read()
                     _answer(self.endpoint, response)
                 yield from response.iter_lines()
         except httpx.HTTPError as exc:
-            raise _lost(self.endpoint, f"GET {path}?follow=true", exc, timeout) from None
+            raise _lost(self.endpoint, f"GET {path}?follow=true", exc, kwargs["timeout"]) from None
+
+    async def afollow_logs(self, agreement_id: str, idle_timeout: float | None = None) -> AsyncIterator[str]:
+        """:meth:`follow_logs` for an event loop (the triggerer)."""
+        path, kwargs = self._follow(agreement_id, idle_timeout)
+        try:
+            async with (
+                httpx.AsyncClient(verify=self._verify) as http,
+                http.stream("GET", self.endpoint + path, **kwargs) as response,
+            ):
+                if response.status_code >= 400:
+                    await response.aread()
+                    _answer(self.endpoint, response)
+                async for line in response.aiter_lines():
+                    yield line
+        except httpx.HTTPError as exc:
+            raise _lost(self.endpoint, f"GET {path}?follow=true", exc, kwargs["timeout"]) from None
 
     def stop(self, agreement_id: str) -> dict[str, Any]:
         return self.request("POST", f"{API}/compute/stop/{agreement_id}")

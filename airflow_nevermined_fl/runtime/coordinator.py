@@ -123,6 +123,7 @@ class SessionCoordinator(Coordinator):
         self.rounds_metrics: list[dict[str, Any]] = []
         self.last_progress = time.monotonic()
         self._round_started: dict[int, float] = {}
+        self._round_refused: dict[int, int] = {}  # refused uploads, by round
         self._round_updates: dict[str, tuple[int, dict[str, float]]] = {}  # this round's, by participant
         self._round_messages: dict[str, Any] = {}
         self.min_participants = config.min_participants
@@ -250,6 +251,7 @@ class SessionCoordinator(Coordinator):
             response = super()._handle_end_training_round(message, participant_id)
         except RefusedPayload as exc:
             self.refused_uploads += 1
+            self._round_refused[round_] = self._round_refused.get(round_, 0) + 1
             logger.warning("Refused upload", participant_id=participant_id, round=round_, reason=str(exc))
             self.remove_participant(participant_id)
             raise
@@ -273,6 +275,7 @@ class SessionCoordinator(Coordinator):
                 "n_samples": sum(n for n, _ in updates),
                 "train_seconds": max((m.get("train_seconds", 0.0) for _, m in updates), default=None),
                 "participants": len(updates),
+                "refused_uploads": self._round_refused.pop(round_, 0),
                 "started": started,
                 "finished": now,
                 "duration": now - started,

@@ -2,6 +2,8 @@
 
     python -m airflow_nevermined_fl.runtime.evaluate --model s3://bucket/key.npz --data test.npz \\
         [--sha256 HEX] [--s3-endpoint URL]
+
+Airflow tasks call :func:`evaluate` on the bytes they read through their own storage connection.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import hashlib
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
-from airflow_nevermined_fl.runtime.models import SoftmaxRegression, validate_data
+from airflow_nevermined_fl.runtime.softmax import SoftmaxRegression, validate_data
 from airflow_nevermined_fl.runtime.storage import StorageError, client, get_bytes, load_npz, parse_s3_url
 
 
@@ -26,6 +29,23 @@ def _read(location: str, endpoint: str | None, name: str) -> bytes:
         raise StorageError(f"{name}: cannot read {location!r} ({exc.strerror})") from None
 
 
+def evaluate(model: bytes, data: bytes, sha256: str | None = None) -> dict[str, Any]:
+    """``accuracy``, ``loss``, ``n`` (rows) and ``sha256`` of the final model file ``model`` on the held-out
+    ``data`` (``x``, ``y``); raises ``ValueError`` (``StorageError``, ``ModelError``) naming the bad input,
+    e.g. when ``sha256`` is given and differs."""
+    digest = hashlib.sha256(model).hexdigest()
+    if sha256 and digest != sha256:
+        raise StorageError(f"model: sha256 {digest} does not match the expected {sha256}")
+    arrays = load_npz(model, "model")
+    held_out = load_npz(data, "held-out data")
+    validate_data(held_out, "held-out data")
+    num_features, num_classes = arrays["W"].shape
+    loss, accuracy = SoftmaxRegression(num_features, num_classes).evaluate(
+        arrays["weights"], held_out["x"].astype("float64"), held_out["y"].astype("int64")
+    )
+    return {"accuracy": accuracy, "loss": loss, "n": int(len(held_out["y"])), "sha256": digest}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="s3://bucket/key of the final model .npz")
@@ -34,20 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--s3-endpoint", help="S3 endpoint URL (default: $AWS_ENDPOINT_URL)")
     args = parser.parse_args(argv)
     try:
-        body = _read(args.model, args.s3_endpoint, "--model")
-        digest = hashlib.sha256(body).hexdigest()
-        if args.sha256 and digest != args.sha256:
-            raise StorageError(f"--model: sha256 {digest} does not match the expected {args.sha256}")
-        arrays = load_npz(body, "--model")
-        data = load_npz(_read(args.data, args.s3_endpoint, "--data"), "--data")
-        validate_data(data, "--data")
-    except (StorageError, ValueError) as exc:
+        model = _read(args.model, args.s3_endpoint, "--model")
+        result = evaluate(model, _read(args.data, args.s3_endpoint, "--data"), args.sha256)
+    except ValueError as exc:
         print(f"evaluate: error: {exc}", file=sys.stderr)
         return 2
-    num_features, num_classes = arrays["W"].shape
-    model = SoftmaxRegression(num_features, num_classes)
-    loss, accuracy = model.evaluate(arrays["weights"], data["x"].astype("float64"), data["y"].astype("int64"))
-    print(json.dumps({"accuracy": accuracy, "loss": loss, "n": int(len(data["y"])), "sha256": digest}))
+    print(json.dumps(result))
     return 0
 
 

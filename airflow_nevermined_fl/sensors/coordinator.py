@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
 from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
 
-from airflow_nevermined_fl.operators.base import SessionOperator, gateway, metadata_store
+from airflow_nevermined_fl.operators.base import SessionOperator, as_list, gateway, metadata_store
 from airflow_nevermined_fl.triggers.coordinator import (
     Answer,
     CoordinatorUrlTrigger,
@@ -175,12 +175,18 @@ class WaitForRoundsSensor(_CoordinatorSensor):
     """Follow the rounds (each finished round logged with its metrics) until the session FINISHED; fail
     fast on a coordinator crash, a stall (``stall_timeout``) or the ``session_timeout`` (counted from the
     run's start). In reschedule mode the watch (rounds logged, last progress) is kept in the task
-    instance's ``task_state_store`` between pokes."""
+    instance's ``task_state_store`` between pokes.
+
+    :param workloads: the session's executions (``start_coordinator``'s, ``start_participants``'): when
+        deferred, their log lines stream into this task's log while the session runs
+    """
 
     STATE_KEY = "rounds_watch"
+    template_fields = (*_CoordinatorSensor.template_fields, "workloads")
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, workloads: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.workloads = workloads
         self._watch: RoundsWatch | None = None
 
     def limits(self, context: Context) -> dict[str, float]:
@@ -216,8 +222,13 @@ class WaitForRoundsSensor(_CoordinatorSensor):
         return event
 
     def trigger(self, context: Context) -> BaseTrigger:
+        fields = ("name", "endpoint", "provider", "agreement_id")
+        workloads = [{f: w[f] for f in fields} for w in as_list(self.workloads)]
         return SessionRoundsTrigger(
-            **self.gateway_args(), **self.limits(context), poll_interval=self.poke_interval
+            **self.gateway_args(),
+            **self.limits(context),
+            workloads=workloads,
+            poll_interval=self.poke_interval,
         )
 
     def on_event(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:

@@ -181,12 +181,13 @@ class _GatewayTrigger(BaseTrigger):
         fields = ("endpoint", "audience", "agreement_id", "consumer_conn_id", *self._fields, "poll_interval")
         return f"{type(self).__module__}.{type(self).__qualname__}", {f: getattr(self, f) for f in fields}
 
-    async def _client(self) -> GatewayClient:
+    async def _client(self, provider: dict[str, Any] | None = None) -> GatewayClient:
+        """A client of this trigger's gateway, or of ``provider``'s (``endpoint``, ``provider`` address)."""
         from asgiref.sync import sync_to_async
 
         from airflow_nevermined_fl.operators.base import gateway, nevermined
 
-        provider = {"endpoint": self.endpoint, "provider": self.audience}
+        provider = provider or {"endpoint": self.endpoint, "provider": self.audience}
         # Reading the connection may block: never on the triggerer's event loop.
         return await sync_to_async(gateway)(nevermined(self.consumer_conn_id), provider)
 
@@ -230,9 +231,12 @@ class CoordinatorUrlTrigger(_GatewayTrigger):
 
 class SessionRoundsTrigger(_GatewayTrigger):
     """Follow the session round by round until FINISHED; fail fast on crash, stall or timeout
-    (``RoundsWatch``: ``deadline`` epoch s, ``stall_timeout``, ``unreachable_timeout``)."""
+    (``RoundsWatch``: ``deadline`` epoch s, ``stall_timeout``, ``unreachable_timeout``). Meanwhile the
+    log lines of ``workloads`` (each ``name``, ``endpoint``, ``provider``, ``agreement_id``: the session's
+    executions) stream into this task's log as their gateways send them, each labelled ``[name]``
+    (the gateways redact their providers' secrets)."""
 
-    _fields = ("deadline", "stall_timeout", "unreachable_timeout")
+    _fields = ("deadline", "stall_timeout", "unreachable_timeout", "workloads")
 
     def __init__(
         self,
@@ -243,17 +247,35 @@ class SessionRoundsTrigger(_GatewayTrigger):
         deadline: float,
         stall_timeout: float,
         unreachable_timeout: float,
+        workloads: list[dict[str, Any]] | None = None,
         poll_interval: float = 1.0,
     ) -> None:
         super().__init__(endpoint, audience, agreement_id, consumer_conn_id, poll_interval)
         self.deadline = deadline
         self.stall_timeout = stall_timeout
         self.unreachable_timeout = unreachable_timeout
+        self.workloads = workloads or []
+
+    async def _stream_logs(self, workload: dict[str, Any]) -> None:
+        """Log ``workload``'s lines until it ends or its gateway's stream breaks."""
+        name = workload["name"]
+        try:
+            client = await self._client(workload)
+            async for line in client.afollow_logs(workload["agreement_id"]):
+                self.log.info("[%s] %s", name, line)
+        except GatewayError as err:
+            self.log.warning("[%s] log stream ended: %s", name, err)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         limits = (self.deadline, self.stall_timeout, self.unreachable_timeout)
         watch = RoundsWatch(self.endpoint, *limits, log=self.log)
-        client = await self._client()
-        while (event := watch.see(await self._poll(client))) is None:
-            await asyncio.sleep(self.poll_interval)
+        streams = [asyncio.create_task(self._stream_logs(w)) for w in self.workloads]
+        try:
+            client = await self._client()
+            while (event := watch.see(await self._poll(client))) is None:
+                await asyncio.sleep(self.poll_interval)
+        finally:
+            for stream in streams:
+                stream.cancel()
+            await asyncio.gather(*streams, return_exceptions=True)
         yield TriggerEvent(event)

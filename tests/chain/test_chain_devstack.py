@@ -14,6 +14,7 @@ from airflow_nevermined_fl.contracts import CONTRACTS
 from airflow_nevermined_fl.contracts import compile as contracts_compile
 from airflow_nevermined_fl.contracts.client import connect
 from airflow_nevermined_fl.contracts.deployment import load_deployment
+from airflow_nevermined_fl.contracts.units import read_token
 from airflow_nevermined_fl.devtools import cli
 from airflow_nevermined_fl.devtools.devstack import chain
 
@@ -61,7 +62,8 @@ def test_chain_up_reuse_down(tmp_path: Path) -> None:
         deployment = load_deployment(public["deployment_file"])
         assert deployment.chain_id == 31337 and set(deployment.addresses) == set(CONTRACTS)
         token = deployment.contract(connect(state["rpc_url"]), "NeverminedToken")
-        assert token.functions.balanceOf(public["accounts"]["consumer"]).call() == chain.CONSUMER_TOKENS
+        funded = read_token(token).base(chain.CONSUMER_TOKENS)  # whole tokens at the token's decimals
+        assert token.functions.balanceOf(public["accounts"]["consumer"]).call() == funded == 10**24
 
         assert chain.up(tmp_path, state) == state  # a live chain is reused, nothing redeployed
     finally:

@@ -174,9 +174,10 @@ def test_listing_rebuilds_each_agreement_and_its_state_from_the_chain(scenario: 
             continue
         # The same terms (and ids) the lock used, tx hash of the creation included.
         assert a.agreement == original, name
-        assert (a.amount, a.amounts, a.token) == (original.total, original.amounts, keeper.token_address)
+        expected = (str(original.total // TOKEN), original.amounts, keeper.token_address)  # whole tokens
+        assert (a.amount, a.amounts, a.token) == expected
     due, waiting = by_name["due"], by_name["waiting"]
-    assert due.amount == 3 * TOKEN and due.receivers == scenario.agreements["due"].receivers
+    assert due.amount == "3" and due.receivers == scenario.agreements["due"].receivers
     assert due.condition_states == {"compute": "unfulfilled", "lock": "fulfilled", "escrow": "unfulfilled"}
     assert due.due_after_block == due.created_block + 4 < due.current_block
     assert waiting.due_after_block == waiting.created_block + 10_000 > block
@@ -205,6 +206,7 @@ def test_refund_command_refunds_exactly_the_due_one_then_nothing(
     report = json.loads(out)
     assert code == 1  # a refund remains due
     assert report["dry_run"] and report["due"] == [ids["due"]] and report["refunded"] == []
+    assert report["symbol"] == "NVM" and report["agreements"][0]["amount"] == "1"
     assert report["counts"] == {"released": 1, "refunded": 1, "refund_due": 1, "computed": 1} | {
         "not_locked": 1,
         "waiting": 2,
@@ -215,7 +217,7 @@ def test_refund_command_refunds_exactly_the_due_one_then_nothing(
 
     code, out, err = run_cli(capsys, "--conn-uri", scenario.uri)
     assert code == 0, err
-    assert f"refunded {ids['due']}: {3 * TOKEN} back to the consumer" in out
+    assert f"refunded {ids['due']}: 3 NVM back to the consumer" in out
     assert "nothing left to refund" in out
     for name in ("waiting", "forever", "computed", "not_locked"):
         assert ids[name] in out
@@ -250,7 +252,7 @@ def test_refund_due_agreements_api_reports_refunds_and_is_idempotent(scenario: S
     dry = refund_due_agreements(keeper, dry_run=True)
     assert [a.agreement_id for a in dry.due] == [ids["due"]] and tools.nonce(keeper.address) == nonce
     report = refund_due_agreements(keeper)
-    assert [(r["agreement_id"], r["amount"]) for r in report.refunded] == [(ids["due"], 3 * TOKEN)]
+    assert [(r["agreement_id"], r["amount"]) for r in report.refunded] == [(ids["due"], "3")]
     assert report.refunded[0]["tx_hash"] and report.failed == [] and report.due == []
     refunded = next(a for a in report.agreements if a.agreement_id == ids["due"])
     assert refunded.status == "refunded" and refunded.current_block > report.current_block
@@ -287,7 +289,7 @@ def test_refund_reads_the_connection_from_airflow_or_stdin(
     code, out, err = run_cli(
         capsys, "--conn-uri", "-", "--dry-run", "--from-block", "0", "--block-chunk", "9"
     )
-    assert code == 1 and "dry run: 1 refund(s) due" in out
+    assert code == 1 and "dry run: 1 refund(s) due (3 NVM in all)" in out
     assert tools.nonce(scenario.address) == nonce
     no_key(scenario, out, err)
 
@@ -414,14 +416,14 @@ def test_a_due_agreement_not_made_by_nvfl_is_reported_failed_and_the_command_exi
     assert (listed.agreement_id, listed.status, listed.amount, listed.agreement) == (
         agreement_id,
         "refund_due",
-        TOKEN,
+        "1",
         None,
     )
     assert "do not rebuild" in listed.note
     nonce = tools.nonce(keeper.address)
     code, out, err = run_cli(capsys, "--conn-uri", connection_uri(devchain, key))
     assert code == 1
-    assert f"refund of {agreement_id} ({TOKEN}) failed" in out and "1 refund(s) still due" in out
+    assert f"refund of {agreement_id} (1 NVM) failed" in out and "1 refund(s) still due" in out
     assert tools.nonce(keeper.address) == nonce
     assert key.removeprefix("0x") not in out + err
 

@@ -14,7 +14,10 @@ import pytest
 from dagstack import PROXIED_CONN_ID, Api, Stack
 from stalled_servers import RpcProxy
 
-from airflow_nevermined_fl.devtools.rest import AirflowClient
+from airflow_nevermined_fl.client import AirflowClient
+
+EXPLORER = {"explorer_tx_url": "https://explorer.test/tx/{tx_hash}"}
+"""The consumer's block explorer (a URL template only: the tasks' transaction links point at it)."""
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +37,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             chain=chain_state,
             s3=s3_state,
             gateways=gateways.public(gateways_state)["gateways"],
-            conn_env=airflow.connection_env({"chain": chain_state, "s3": s3_state}),
+            conn_env=airflow.connection_env({"chain": chain_state | EXPLORER, "s3": s3_state}),
             airflow_home=airflow_home,
             gateways_state=gateways_state,
         )

@@ -21,7 +21,7 @@ from airflow_nevermined_fl.paths import PROJECT_DIR
 if TYPE_CHECKING:
     from stalled_servers import RpcProxy
 
-    from airflow_nevermined_fl.devtools.rest import AirflowClient
+    from airflow_nevermined_fl.client import AirflowClient
 
 RUNNER = Path(__file__).with_name("dagtest_runner.py")
 PROXIED_CONN_ID = "nevermined_consumer_proxied"
@@ -70,9 +70,16 @@ class Stack:
         return {"consumer": chain.accounts()["consumer"]} | providers
 
     def balances(self) -> dict[str, int]:
+        """Token balances in base units (compare differences with :meth:`base`)."""
         from airflow_nevermined_fl.devtools.demo import token_balances
 
         return token_balances(self.chain, self.accounts())
+
+    def base(self, tokens: str | int) -> int:
+        """``tokens`` (a price, a sum of prices) in base units, by the chain token's ``decimals()``."""
+        from airflow_nevermined_fl.devtools.demo import token_units
+
+        return token_units(self.chain).base(tokens)
 
     def start_gateways(
         self,
@@ -150,6 +157,13 @@ class Api:
     client: AirflowClient
     conn_env: dict[str, str] = field(repr=False)
     rpc: RpcProxy
+
+    def token(self) -> str:
+        """A JWT of the Airflow admin, as ``POST /auth/token`` issues it."""
+        from airflow_nevermined_fl.devtools.devstack import airflow
+
+        credentials = {"username": airflow.USER, "password": airflow.password(self.state)}
+        return str(httpx.post(f"{self.state['url']}/auth/token", json=credentials).json()["access_token"])
 
 
 def payments(summary: dict[str, Any]) -> list[dict[str, Any]]:

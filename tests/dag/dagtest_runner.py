@@ -40,6 +40,21 @@ def _rendered(dag_id: str, run_id: str) -> dict[str, Any]:
         return {f"{r.task_id}[{r.map_index}]": r.rendered_fields for r in rows}
 
 
+def _asset_events(dag_id: str, run_id: str) -> list[dict[str, Any]]:
+    """The asset events the run's tasks emitted, oldest first, as the metadata DB holds them."""
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = (
+            session.query(AssetEvent)
+            .filter(AssetEvent.source_dag_id == dag_id, AssetEvent.source_run_id == run_id)
+            .order_by(AssetEvent.timestamp)
+            .all()
+        )
+        return [{"uri": r.uri, "source_task_id": r.source_task_id, "extra": r.extra} for r in rows]
+
+
 def _retry(dag: Any, dr: Any, task_ids: list[str]) -> dict[str, str]:
     """Run each task's instances again (next try number) and return their final states."""
     from airflow.sdk.definitions.dag import _run_task
@@ -62,7 +77,9 @@ def main() -> int:
     parser.add_argument("dag_id")
     parser.add_argument("conf")
     parser.add_argument("--retry", nargs="*", default=[])
-    parser.add_argument("--summary", help="write the full summary (with XComs) to this JSON file")
+    parser.add_argument(
+        "--summary", help="write the full summary (XComs, rendered fields, asset events) to this JSON file"
+    )
     args = parser.parse_args()
     from airflow.dag_processing.dagbag import DagBag
 
@@ -80,6 +97,7 @@ def main() -> int:
         summary["retried"] = _retry(dag, dr, args.retry)
     summary["xcom"] = _xcoms(args.dag_id, dr.run_id)
     summary["rendered"] = _rendered(args.dag_id, dr.run_id)
+    summary["asset_events"] = _asset_events(args.dag_id, dr.run_id)
     if args.summary:
         Path(args.summary).write_text(json.dumps(summary, indent=1, default=str))
     print(SUMMARY_PREFIX + json.dumps({k: summary[k] for k in ("run_id", "state", "tasks")}), flush=True)

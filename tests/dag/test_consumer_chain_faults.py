@@ -51,9 +51,9 @@ def _assert_paid_once(api: Api, stack: Stack, run_id: str, before: dict[str, int
     """The run succeeded; each provider got its price once, the consumer paid their sum (25) once."""
     assert api.client.run(DAG, run_id)["state"] == "success"
     after = stack.balances()
-    assert before["consumer"] - after["consumer"] == 25
-    assert after["coordinator"] - before["coordinator"] == 10
-    assert all(after[f"provider-{i}"] - before[f"provider-{i}"] == 5 for i in (1, 2, 3))
+    assert before["consumer"] - after["consumer"] == stack.base(25)
+    assert after["coordinator"] - before["coordinator"] == stack.base(10)
+    assert all(after[f"provider-{i}"] - before[f"provider-{i}"] == stack.base(5) for i in (1, 2, 3))
     logs = [p.read_text(errors="replace") for p in Path(api.state["home"], "logs").rglob("*") if p.is_file()]
     assert not any("nonce too low" in text.lower() for text in logs)
 
@@ -90,6 +90,8 @@ def test_the_chain_lost_during_the_locks_the_retries_lock_once(
     payment = api.client.xcom(DAG, run_id, lost[0], map_index=lost[1])
     assert payment["tx_hashes"]["agreement"] is None  # created by the lost transaction, found by the retry
     assert payment["tx_hashes"]["lock"]
+    links = api.client.extra_links(DAG, run_id, lost[0], lost[1])
+    assert links == {"Lock transaction": None}  # this connection names no block explorer: no link
     print(f"{len(retried)} of 4 lock tasks failed on the outage and were retried")
 
 

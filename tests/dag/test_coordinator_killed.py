@@ -37,6 +37,7 @@ def test_coordinator_killed_mid_session(stack: Stack, tmp_path: Path) -> None:
     assert summary["state"] == "failed"
     assert summary["tasks"]["wait_for_rounds"] == "failed"
     assert summary["tasks"]["publish_model"] == "upstream_failed"
+    assert summary["asset_events"] == []  # a failed session announces no model
     assert summary["tasks"]["teardown"] == "success"
     detected = next(line for line in output.splitlines() if "exited with code 137 during the session" in line)
     failed_after = datetime.fromisoformat(detected.split()[0]).timestamp() - killed

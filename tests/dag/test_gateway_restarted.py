@@ -43,6 +43,6 @@ def test_gateways_restarted_mid_session_the_session_completes(stack: Stack, tmp_
 
     after = stack.balances()
     for payment in paid:  # each provider paid once, by its own (restarted or not) gateway
-        assert after[payment["name"]] - before[payment["name"]] == payment["price"]
-    assert before["consumer"] - after["consumer"] == sum(p["price"] for p in paid)
+        assert after[payment["name"]] - before[payment["name"]] == stack.base(payment["price"])
+    assert before["consumer"] - after["consumer"] == sum(stack.base(p["price"]) for p in paid)
     print(f"gateways {', '.join(RESTARTED)} restarted in {restarted_in:.1f}s; the session completed")

@@ -78,8 +78,8 @@ def _assert_paid_once(stack: Stack, summary: dict[str, Any], before: dict[str, i
     """Every provider paid its price once, the consumer charged their sum, no workload left running."""
     paid, after = payments(summary), stack.balances()
     for payment in paid:
-        assert after[_name(payment)] - before[_name(payment)] == payment["price"], payment["name"]
-    assert before["consumer"] - after["consumer"] == sum(p["price"] for p in paid)
+        assert after[_name(payment)] - before[_name(payment)] == stack.base(payment["price"]), payment["name"]
+    assert before["consumer"] - after["consumer"] == sum(stack.base(p["price"]) for p in paid)
     workloads = gateway_workloads(stack, {p["agreement"]["agreement_id"] for p in paid})
     assert len(workloads) == 4 and all(process_gone(int(w.details["pid"])) for _, w in workloads)
 

@@ -47,7 +47,10 @@ def _conf(**changes: Any) -> dict[str, Any]:
             "conf.data_providers[0]: Additional properties are not allowed ('dataset' was unexpected)",
         ),
         (_conf(coordinator={"name": "c"}), "conf.coordinator: 'did' is a required property"),
-        (_conf(max_price=0), "conf.max_price: 0 is less than the minimum of 1"),
+        (_conf(max_price=0), "conf.max_price: 0 is less than or equal to the minimum of 0"),
+        (_conf(max_price="0.0"), "conf.max_price: '0.0' does not match"),
+        (_conf(max_price="5 NVM"), "conf.max_price: '5 NVM' does not match"),
+        (_conf(max_price=float("inf")), "conf.max_price: expected a non-negative number of tokens"),
         (_conf(model={"name": "softmax"}), "conf.model: 'num_features' is a required property"),
         (_conf(model={"name": "x y"}), "conf.model.name: 'x y' does not match"),
         (_conf(initial_model="http://x"), "conf.initial_model: 'http://x' does not match"),
@@ -64,6 +67,11 @@ def test_bad_conf_names_the_field(conf: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfError) as err:
         validate_conf(conf)
     assert str(err.value).startswith(message), str(err.value)
+
+
+@pytest.mark.parametrize(("given", "kept"), [("5", "5"), (10, "10"), (0.1, "0.1"), ("0.250", "0.25")])
+def test_max_price_is_kept_in_tokens_as_a_plain_decimal_string(given: Any, kept: str) -> None:
+    assert validate_conf(_conf(max_price=given))["max_price"] == kept
 
 
 def test_ddo_checksum_covers_main_only_and_detects_tampering() -> None:

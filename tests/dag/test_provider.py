@@ -1,6 +1,7 @@
 """The provider's Airflow surface without a chain: the coordinator sensors (poke, reschedule, deferrable,
-``[operators] default_deferrable``) against the scripted gateway of ``test_triggers.py``, and the
-connection forms Airflow builds from ``get_provider_info``, which must show every field the hooks read."""
+``[operators] default_deferrable``) against the scripted gateway of ``test_triggers.py``, the model asset
+(its URI scheme as Airflow normalizes it, the session DAG's inlet and outlet), and the connection forms
+Airflow builds from ``get_provider_info``, which must show every field the hooks read."""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from test_triggers import (  # the scripted gateway and its consumer connection
 )
 
 from airflow_nevermined_fl import get_provider_info
+from airflow_nevermined_fl.assets import model_asset, sanitize_uri
 from airflow_nevermined_fl.dag_factory import fl_session_dag
 from airflow_nevermined_fl.sensors import coordinator as sensors
 from airflow_nevermined_fl.sensors.coordinator import WaitForCoordinatorSensor, WaitForRoundsSensor
@@ -283,6 +285,29 @@ def test_deferrable_sensors_check_once_then_defer_to_their_triggers(
         sensor.execute_complete(
             ctx, {"status": "error", "message": "not serving within 1s", "reason": "timeout"}
         )
+
+
+# -- the model asset ----------------------------------------------------------------------------------------
+
+
+def test_the_model_asset_scheme_is_registered_and_normalized() -> None:
+    from airflow.sdk import Asset
+    from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
+
+    assert ProvidersManagerTaskRuntime().asset_uri_handlers["nevermined-fl"] is sanitize_uri
+    assert model_asset("fl_session").uri == "nevermined-fl://models/fl_session"
+    assert Asset(uri="NEVERMINED-FL://Models/fl.x-1/").uri == "nevermined-fl://models/fl.x-1"
+    for bad in ("models", "model/x", "models/a/b", "models/x?y=1", "models:80/x", "user@models/x"):
+        with pytest.raises(ValueError, match="expected nevermined-fl://models/<dag_id>"):
+            Asset(uri=f"nevermined-fl://{bad}")
+
+
+@pytest.mark.parametrize("warm_start", [False, True])
+def test_a_session_dag_publishes_its_model_asset_and_warm_starts_from_it(warm_start: bool) -> None:
+    asset = model_asset("fl_test")
+    dag = fl_session_dag("fl_test", warm_start=warm_start)
+    assert dag.task_dict["publish_model"].outlets == [asset]
+    assert dag.task_dict["validate"].inlets == ([asset] if warm_start else [])
 
 
 # -- connection forms ---------------------------------------------------------------------------------------

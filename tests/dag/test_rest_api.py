@@ -1,6 +1,7 @@
 """End to end through the Airflow components (api-server, scheduler, dag-processor, triggerer) on
 127.0.0.1: bad conf refused with 400, conf re-checked at run start before any transaction, one session
-triggered with ``POST /api/v2/dags/fl_session/dagRuns``, waits deferred (no worker slot), no secrets."""
+triggered with ``POST /api/v2/dags/fl_session/dagRuns``, waits deferred (no worker slot), its model's
+asset event scheduling ``fl_model_evaluation``, no secrets."""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from dagstack import Api, Stack, assert_no_secrets
 
-from airflow_nevermined_fl.devtools.demo import session_summary
-from airflow_nevermined_fl.devtools.rest import AirflowApiError
+from airflow_nevermined_fl.client import AirflowApiError
+from airflow_nevermined_fl.session_info import session_summary
 
 DAG = "fl_session"
+EVALUATION = "fl_model_evaluation"
 
 
 def test_bad_conf_is_refused_with_400_naming_the_field(api: Api, stack: Stack) -> None:
@@ -83,8 +86,23 @@ def test_a_gateway_down_at_validate_costs_nothing(api: Api, stack: Stack) -> Non
     assert stack.balances()["consumer"] == balance
 
 
+def _created_run(api: Api, run_id: str, timeout: float) -> str:
+    """The run that the model event of session run ``run_id`` scheduled (of the DAG consuming the asset)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        (event,) = api.client.asset_events(source_dag_id=DAG, source_run_id=run_id)
+        if event["created_dagruns"]:
+            (run,) = event["created_dagruns"]
+            return run["run_id"]
+        assert time.monotonic() < deadline, "the model's asset event scheduled no run"
+        time.sleep(0.5)
+
+
 def test_session_over_rest(api: Api, stack: Stack) -> None:
+    from airflow_nevermined_fl.devtools.devstack import airflow
+
     state, client = api.state, api.client
+    airflow.upload_heldout(stack.s3)  # what fl_model_evaluation evaluates each published model on
     before = stack.balances()
     run_id = client.trigger(DAG, stack.conf())["dag_run_id"]
     seen: dict[str, set[str]] = {}
@@ -109,13 +127,31 @@ def test_session_over_rest(api: Api, stack: Stack) -> None:
     }
     assert all(p["lock_tx"] and p["release_tx"] for p in summary["payments"])  # released by the gateways
     after = stack.balances()
-    assert before["consumer"] - after["consumer"] == 25
-    assert after["coordinator"] - before["coordinator"] == 10
+    assert before["consumer"] - after["consumer"] == stack.base(25)
+    assert after["coordinator"] - before["coordinator"] == stack.base(10)
+    # Extra links, as the UI gets them: transactions on the connection's explorer, the model's DDO.
+    lock_tx = next(p["lock_tx"] for p in summary["payments"] if p["name"] == "coordinator")
+    assert client.extra_links(DAG, run_id, "lock_coordinator_payment") == {
+        "Lock transaction": f"https://explorer.test/tx/{lock_tx}"
+    }
+    links = client.extra_links(DAG, run_id, "publish_model")
+    assert links["Model DID registration"].startswith("https://explorer.test/tx/0x")
+    # Absolute on the Airflow's [api] base_url.
+    assert links["Model DDO"].startswith(f"{state['url']}/nevermined-fl/model-ddo?dag_id=fl_session&run_id=")
+    bearer = {"Authorization": f"Bearer {api.token()}"}
+    ddo = httpx.get(links["Model DDO"], headers=bearer).json()  # the plugin serves it
+    assert ddo["id"] == summary["model_did"] and ddo["proof"]["creator"] == stack.accounts()["consumer"]
+    # The model's asset event scheduled fl_model_evaluation, which evaluated that model.
+    evaluation = _created_run(api, run_id, timeout=120)
+    assert client.wait_run(EVALUATION, evaluation, timeout=120)["state"] == "success"
+    assert client.xcom(EVALUATION, evaluation, "evaluate_model")["model_did"] == summary["model_did"]
 
     logs = [p.read_text(errors="replace") for p in Path(state["home"], "logs").rglob("*") if p.is_file()]
     assert any("round 1 finished" in text for text in logs)  # trigger logs reach the task log
+    waited = client.task_log(DAG, run_id, "wait_for_rounds", 1)  # and the workloads' lines, streamed
+    assert all(f"[{name}] " in waited for name in ("coordinator", "provider-1", "provider-2", "provider-3"))
     rendered = [
-        client.request("GET", f"/dags/{DAG}/dagRuns/{run_id}/taskInstances/{t}")["rendered_fields"]
+        client.task_instance(DAG, run_id, t)["rendered_fields"]
         for t in ("publish_workflow", "start_coordinator", "teardown")
     ]
     assert_no_secrets(stack, json.dumps(summary), json.dumps(rendered), *logs)
@@ -133,10 +169,10 @@ def test_three_sessions_at_once_on_one_consumer_account(api: Api, stack: Stack) 
         time.sleep(1)
     assert [client.run(DAG, r)["state"] for r in run_ids] == ["success"] * 3
     after = stack.balances()
-    assert before["consumer"] - after["consumer"] == 3 * 25  # each session paid once
-    assert after["coordinator"] - before["coordinator"] == 3 * 10
+    assert before["consumer"] - after["consumer"] == 3 * stack.base(25)  # each session paid once
+    assert after["coordinator"] - before["coordinator"] == 3 * stack.base(10)
     for name in ("provider-1", "provider-2", "provider-3"):
-        assert after[name] - before[name] == 3 * 5
+        assert after[name] - before[name] == 3 * stack.base(5)
     logs = [p.read_text(errors="replace") for p in Path(state["home"], "logs").rglob("*") if p.is_file()]
     assert not any("nonce too low" in text.lower() or "underpriced" in text.lower() for text in logs)
 
@@ -167,4 +203,5 @@ def test_triggerer_and_scheduler_restarted_mid_session(api: Api, stack: Stack) -
     summary = session_summary(client, DAG, run_id)
     assert len(summary["rounds"]) == 30 and set(summary["tasks"].values()) == {"success"}
     after = stack.balances()
-    assert before["consumer"] - after["consumer"] == 25 and after["coordinator"] - before["coordinator"] == 10
+    paid = (before["consumer"] - after["consumer"], after["coordinator"] - before["coordinator"])
+    assert paid == (stack.base(25), stack.base(10))

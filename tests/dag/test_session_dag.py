@@ -8,6 +8,7 @@ import hashlib
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from dagstack import Stack, assert_no_secrets, dataset_locations, gateway_workloads, payments
@@ -28,6 +29,20 @@ def _value(summary: dict[str, Any], task: str) -> Any:
     return summary["xcom"][task]["return_value"]
 
 
+def model_event(summary: dict[str, Any], dag_id: str = "fl_session") -> dict[str, Any]:
+    """The asset event a successful ``publish_model`` of the run emits: its DAG's model, as published."""
+    model = _value(summary, "publish_model")
+    extra = {
+        "model_did": model["model_did"],
+        "model_url": model["model_url"],
+        "sha256": model["model_sha256"],
+        "final_accuracy": model["final_accuracy"],
+        "rounds": len(model["rounds_metrics"]),
+        "session_id": model["session_id"],
+    }
+    return {"uri": f"nevermined-fl://models/{dag_id}", "source_task_id": "publish_model", "extra": extra}
+
+
 def test_session_succeeds_with_every_step(session_run: dict[str, Any]) -> None:
     summary = session_run["summary"]
     assert summary["state"] == "success"
@@ -37,9 +52,46 @@ def test_session_succeeds_with_every_step(session_run: dict[str, Any]) -> None:
     assert rounds["rounds"] == 2 and [m["round"] for m in rounds["rounds_metrics"]] == [0, 1]
     assert rounds["final_accuracy"] > 0.5
     assert "round 1 finished" in session_run["output"]  # the trigger logged each round with its metrics
+    # The workloads' own log lines streamed into the wait's log while the session ran, by workload.
+    for name in ("coordinator", "provider-1", "provider-2", "provider-3"):
+        assert f"[{name}] " in session_run["output"], name
+    assert "event='Round finished'" in session_run["output"]
     model = _value(summary, "publish_model")
     assert model["model_did"].startswith("did:nv:") and model["model_url"].startswith("s3://")
     assert model["final_accuracy"] == rounds["final_accuracy"]
+
+
+def test_the_model_is_announced_as_an_asset_event(session_run: dict[str, Any]) -> None:
+    # One event per successful try of publish_model: the retry announces the same model again.
+    assert session_run["summary"]["asset_events"] == [model_event(session_run["summary"])] * 2
+
+
+def test_extra_links_of_retries_that_sent_nothing(session_run: dict[str, Any]) -> None:
+    """Links are kept as XComs when a task ends (how Airflow 3 serves them): the retries of this run sent
+    no transaction, so they link none; the model's DDO stays linked. (Transactions links: test_rest_api.)"""
+    xcom, summary = session_run["summary"]["xcom"], session_run["summary"]
+    assert xcom["publish_model"]["_link_ModelRegistrationLink"] == ""
+    assert xcom["publish_model"]["_link_ModelDdoLink"] == (
+        f"/nevermined-fl/model-ddo?dag_id=fl_session&run_id={quote(summary['run_id'], safe='')}"
+    )
+    assert xcom["lock_coordinator_payment"]["_link_LockTransactionLink"] == ""
+
+
+def test_the_evaluation_dag_evaluates_the_last_published_model(
+    session_run: dict[str, Any], stack: Stack, tmp_path: Path
+) -> None:
+    """A manual run of ``fl_model_evaluation`` (no triggering event): the newest event's model, read
+    through the consumer's storage and checked against its sha256, on the held-out split."""
+    from airflow_nevermined_fl.devtools.devstack import airflow, gateways
+
+    airflow.upload_heldout(stack.s3)
+    summary, output = stack.dag_test({}, tmp_path / "evaluation.json", dag_id="fl_model_evaluation")
+    assert summary["state"] == "success", output[-3000:]
+    result, model = _value(summary, "evaluate_model"), _value(session_run["summary"], "publish_model")
+    assert result["model_did"] == model["model_did"] and result["sha256"] == model["model_sha256"]
+    assert result["n"] == gateways.partition_demo(tmp_path / "data")["test"]["rows"]
+    assert result["accuracy"] > 0.5
+    assert f"model {model['model_did']} (session {model['session_id']}): accuracy" in output
 
 
 def test_retries_have_no_second_on_chain_effect(session_run: dict[str, Any], stack: Stack) -> None:
@@ -53,7 +105,7 @@ def test_retries_have_no_second_on_chain_effect(session_run: dict[str, Any], sta
         "publish_model[-1]",
     }
     assert set(summary["retried"].values()) == {"success"}
-    prices = {"coordinator": 10, "provider-1": 5, "provider-2": 5, "provider-3": 5}
+    prices = {"coordinator": stack.base(10)} | {f"provider-{i}": stack.base(5) for i in (1, 2, 3)}
     assert before["consumer"] - after["consumer"] == sum(prices.values())
     for name, price in prices.items():
         assert after[name] - before[name] == price, name
@@ -158,6 +210,7 @@ def test_no_secrets_or_dataset_locations_on_the_consumer_side(
         session_run["output"],
         json.dumps(summary["xcom"]),
         json.dumps(summary["rendered"]),
+        json.dumps(summary["asset_events"]),
         *ddos,
         *on_chain,
     ]

@@ -64,9 +64,13 @@ def test_airflow_image_loads_the_provider_and_parses_the_dags(
         "coordinator": {"did": "did:nv:" + "1" * 64},
         "data_providers": [{"did": "did:nv:" + "2" * 64}],
     }
-    assert probe(None) == {"dags": ["fl_session"], "errors": {}, "provider": True}
+    assert probe(None) == {"dags": ["fl_model_evaluation", "fl_session"], "errors": {}, "provider": True}
     with_providers = probe({"NVFL_SESSION_PROVIDERS": json.dumps(providers)})
-    assert with_providers == {"dags": ["fl_retraining", "fl_session"], "errors": {}, "provider": True}
+    assert with_providers == {
+        "dags": ["fl_model_evaluation", "fl_retraining", "fl_session"],
+        "errors": {},
+        "provider": True,
+    }
 
 
 def _rpc(port: int, method: str, *params: str) -> Any:

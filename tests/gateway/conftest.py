@@ -66,10 +66,10 @@ def data_gw(
         {
             "name": "provider-1",
             "type": "fl-participant",
-            "price": 5,
+            "price": "5",
             "dataset": manifest["providers"][0]["path"],
         },
-        {"name": "provider-1-s3", "type": "fl-participant", "price": 7, "dataset": s3_dataset},
+        {"name": "provider-1-s3", "type": "fl-participant", "price": "7.5", "dataset": s3_dataset},
     ]
     directory = tmp_path_factory.mktemp("gw-provider-1")
     gateway = start_gateway(directory, "provider-1", chain.DATA_PROVIDERS[0], gw_chain, seaweed, services)

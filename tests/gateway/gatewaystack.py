@@ -202,13 +202,19 @@ class Consumer:
         )
 
     def agreement(
-        self, gateway: Gateway, service: str, lock: bool = True, time_out: int = 1000
+        self,
+        gateway: Gateway,
+        service: str,
+        lock: bool = True,
+        time_out: int = 1000,
+        amount: int | None = None,
     ) -> dict[str, Any]:
-        """A new compute agreement on the asset of ``service`` at its price, paid unless not ``lock``,
-        refundable after ``time_out`` blocks."""
+        """A new compute agreement on the asset of ``service`` paying ``amount`` base units (default: its
+        price), paid unless not ``lock``, refundable after ``time_out`` blocks."""
         asset = gateway.asset(service)
+        amount = self.keeper.token.base(asset["price"]) if amount is None else amount
         agreement = self.keeper.create_compute_agreement(
-            "0x" + secrets.token_hex(32), asset["did"], gateway.address, asset["price"], time_out=time_out
+            "0x" + secrets.token_hex(32), asset["did"], gateway.address, amount, time_out=time_out
         )
         if lock:
             self.keeper.lock_payment(agreement)

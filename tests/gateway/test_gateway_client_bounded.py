@@ -59,6 +59,14 @@ def test_silent_gateway_times_out_sync_async_and_following_logs() -> None:
             list(client.follow_logs("0xabc", idle_timeout=1.0))
         assert elapsed(start) < 1.0 + SLACK
 
+        async def follow() -> list[str]:  # the triggerer's way
+            return [line async for line in client.afollow_logs("0xabc", idle_timeout=1.0)]
+
+        start = time.monotonic()
+        with pytest.raises(GatewayError, match=r"logs/0xabc\?follow=true: unreachable: no answer within 1 s"):
+            asyncio.run(follow())
+        assert elapsed(start) < 1.0 + SLACK
+
 
 def test_hanging_http_server_and_non_json_answers() -> None:
     def route(handler, body):  # noqa: ANN001, ANN202 - http.server callback

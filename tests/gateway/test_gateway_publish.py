@@ -40,6 +40,7 @@ def test_asset_ddo_describes_but_never_locates_the_data(
     secrets_of: list[str],
 ) -> None:
     client = consumer.client(data_gw)
+    assert [a["price"] for a in data_gw.assets] == ["5", "7.5"]  # tokens, as configured
     for asset, shard in zip(data_gw.assets, manifest["providers"], strict=True):
         doc = client.ddo(asset["did"])
         ddo.verify(doc)
@@ -85,7 +86,7 @@ def test_info_lists_the_services(data_gw: Gateway, coordinator_gw: Gateway, cons
     assert info["capacity"]["max_executions"] == 4
     coordinator = consumer.client(coordinator_gw).info()
     assert [(s["type"], s["price"], s["ready"]) for s in coordinator["services"]] == [
-        ("fl-coordinator", 10, True)
+        ("fl-coordinator", "10", True)
     ]
 
 
@@ -156,3 +157,31 @@ def test_plain_http_on_a_public_address_is_refused(
     assert served.returncode == 2
     assert "listen.host: 0.0.0.0 is not loopback" in served.stderr and "tls_cert" in served.stderr
     assert not process.port_open("127.0.0.1", listen["port"])
+
+
+@pytest.mark.parametrize(
+    ("price", "message"),
+    [
+        ("0.0000000000000000001", "services[1].price: 0.0000000000000000001 has more decimals than"),
+        ("-1", "services[1].price: expected a non-negative number of tokens"),
+        (0, "services[1].price: expected a positive number of tokens, got 0"),
+    ],
+)
+def test_a_price_the_token_cannot_pay_is_refused_before_any_transaction(
+    tmp_path: Path, gw_chain: dict[str, Any], seaweed: dict[str, Any], price: Any, message: str
+) -> None:
+    """A price is in tokens: finer than one base unit (the token's 18 decimals), negative or zero, the
+    publish fails naming the service's field and registers nothing."""
+    services = [
+        {"name": "fine", "type": "fl-coordinator", "price": "0.5"},
+        {"name": "bad", "type": "fl-coordinator", "price": price},
+    ]
+    listen = {"host": "127.0.0.1", "port": process.free_port()}
+    config = gateway_config(
+        tmp_path, "prices", chain.COORDINATOR_PROVIDER, gw_chain, seaweed, services, listen
+    )
+    w3 = connect(gw_chain["rpc_url"])
+    nonce = w3.eth.get_transaction_count(chain.account(chain.COORDINATOR_PROVIDER).address)
+    published = nvfl("gateway", "publish", "--config", str(config))
+    assert published.returncode == 2 and message in published.stderr, published.stderr
+    assert w3.eth.get_transaction_count(chain.account(chain.COORDINATOR_PROVIDER).address) == nonce

@@ -125,6 +125,16 @@ def test_agreement_for_another_providers_asset(
     _refused(coordinator_gw, order, 403, "agreement for another provider's asset", error)
 
 
+def test_price_paid_in_base_units_instead_of_tokens(
+    coordinator_gw: Gateway, consumer: Consumer, order: dict[str, Any]
+) -> None:
+    """The asset's price "10" is 10 tokens: an agreement paying 10 base units is refused."""
+    order["agreement"] = consumer.agreement(coordinator_gw, "coordinator", amount=10)
+    error = _execute_error(consumer.client(coordinator_gw), order)
+    expected = f"pays [10] to ['{coordinator_gw.address}']; expected [{consumer.keeper.token.base(10)}]"
+    _refused(coordinator_gw, order, 403, expected, error)
+
+
 def test_lock_not_fulfilled(coordinator_gw: Gateway, consumer: Consumer, order: dict[str, Any]) -> None:
     order["agreement"] = consumer.agreement(coordinator_gw, "coordinator", lock=False)
     error = _execute_error(consumer.client(coordinator_gw), order)

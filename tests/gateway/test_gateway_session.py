@@ -67,8 +67,8 @@ def test_session_settled_by_the_providers(
             "lock": "fulfilled",
             "escrow": "fulfilled",
         }
-    assert keeper.token_balance(coordinator_gw.address) == before["coordinator"] + 10
-    assert keeper.token_balance(data_gw.address) == before["provider-1"] + 7
+    assert keeper.token_balance(coordinator_gw.address) == before["coordinator"] + keeper.token.base(10)
+    assert keeper.token_balance(data_gw.address) == before["provider-1"] + keeper.token.base("7.5")
 
     stopped = coordinator_client.stop(coordinator["agreement_id"])  # the lingering coordinator
     assert stopped["state"] == "finished" and stopped["settlement"] == done["settlement"]

@@ -291,6 +291,7 @@ def test_malicious_pickle_is_refused_not_executed_and_session_finishes(
         _stop_all(procs)
     assert status["state"] == "FINISHED" and status["rounds_completed"] == 3
     assert status["refused_uploads"] == 1
+    assert sum(m["refused_uploads"] for m in status["rounds_metrics"]) == 1  # in its round's metrics
     assert not marker.exists()
     assert codes == [0, 0] and evil_code != 0
     log = coordinator.process.log.read_text()

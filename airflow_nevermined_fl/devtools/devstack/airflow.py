@@ -7,7 +7,8 @@ the API bound to 127.0.0.1. AIRFLOW_HOME is ``<devstack home>/airflow``; the DAG
 repository's ``dags/``. It is the consumer's Airflow: only the consumer's and the storage's connections
 are injected, as ``AIRFLOW_CONN_*`` environment variables (never written to disk by us), plus the
 gateways' published providers (``NVFL_SESSION_PROVIDERS``); no provider's key. The admin password sits
-in a 0600 file. A later ``up`` restarts Airflow when that environment changed.
+in a 0600 file. A later ``up`` restarts Airflow when that environment changed. ``up`` also puts the demo's
+held-out split in the consumer's bucket, where ``fl_model_evaluation`` evaluates each published model.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import os
 import secrets
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ COMMANDS: dict[str, list[str]] = {
 }
 USER = "admin"
 STORAGE_CONN_ID = "nvfl_storage_default"
+HELDOUT_KEY = "heldout/test.npz"  # the default ``test_data`` of dags/fl_model_evaluation.py
 
 
 def _airflow_bin() -> str:
@@ -72,6 +75,17 @@ def providers_env(gateways_state: dict[str, Any]) -> dict[str, str]:
     return {gateways.SESSION_PROVIDERS_ENV: json.dumps(gateways.session_providers(gateways_state))}
 
 
+def upload_heldout(s3_state: dict[str, Any]) -> str:
+    """The demo data's held-out split (no provider's shard holds its rows) to :data:`HELDOUT_KEY` in the
+    devstack's bucket; its URL."""
+    from airflow_nevermined_fl.devtools.devstack import gateways, s3
+
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = gateways.partition_demo(Path(tmp))
+        s3.client(s3_state).upload_file(manifest["test"]["path"], s3_state["bucket"], HELDOUT_KEY)
+    return f"s3://{s3_state['bucket']}/{HELDOUT_KEY}"
+
+
 def _digest(env: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(env, sort_keys=True).encode()).hexdigest()
 
@@ -82,6 +96,8 @@ def airflow_env(airflow_home: Path, port: int, password_file: Path, dags_folder:
         "AIRFLOW_HOME": str(airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        # Providers' plugins (this provider's rounds chart, docs/ui.md) load only with eager discovery.
+        "AIRFLOW__CORE__LAZY_DISCOVER_PROVIDERS": "False",
         # Waits run in the triggerer: no worker slot held while a session runs.
         "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE": "True",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
@@ -201,6 +217,7 @@ def up(home: Path, previous: dict[str, Any] | None) -> dict[str, Any]:
     from airflow_nevermined_fl.devtools import devstack
 
     stack = devstack.load_state()
+    upload_heldout(stack["s3"])
     extra_env = connection_env(stack) | providers_env(stack["gateways"])
     if previous and alive(previous) and previous.get("env_digest") == _digest(extra_env):
         return previous

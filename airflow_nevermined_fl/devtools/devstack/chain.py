@@ -2,6 +2,7 @@
 
 Accounts come from anvil's public default mnemonic (dev chain only): index 0 owner/deployer, 1 consumer,
 2 coordinator provider, 3..5 data providers. Keys are derived on demand and never stored in the state.
+The consumer is funded with ``CONSUMER_TOKENS`` tokens (in base units by the token's ``decimals()``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ HOST = "127.0.0.1"
 MNEMONIC = "test test test test test test test test test test test junk"
 OWNER, CONSUMER, COORDINATOR_PROVIDER = 0, 1, 2
 DATA_PROVIDERS = (3, 4, 5)
-CONSUMER_TOKENS = 1_000_000 * 10**18
+CONSUMER_TOKENS = 1_000_000  # tokens: 40,000 sessions of the devstack's prices (25 tokens)
 CONSUMER_CONN_ID = "nevermined_consumer"
 BLOCK_TIME = 1  # seconds between the embedded chain's interval blocks
 
@@ -50,6 +51,7 @@ def up(home: Path, previous: dict[str, Any] | None) -> dict[str, Any]:
     from airflow_nevermined_fl.contracts.client import Signer, connect
     from airflow_nevermined_fl.contracts.compile import anvil_binary, load_artifacts
     from airflow_nevermined_fl.contracts.deployment import deploy, mint
+    from airflow_nevermined_fl.contracts.units import read_token
 
     artifacts = load_artifacts()  # compiles on a cold cache, before anything is started
     chain_home = home / "chain"
@@ -72,7 +74,8 @@ def up(home: Path, previous: dict[str, Any] | None) -> dict[str, Any]:
         process.wait_port(HOST, port, timeout=30, pid=pid, what="anvil")
         signer = Signer(connect(state["rpc_url"]), account(OWNER))
         deployment = deploy(signer, artifacts)
-        mint(signer, deployment, account(CONSUMER).address, CONSUMER_TOKENS)
+        token = read_token(deployment.contract(signer.w3, "NeverminedToken"))
+        mint(signer, deployment, account(CONSUMER).address, token.base(CONSUMER_TOKENS))
         deployment.write(Path(state["deployment_file"]))
     return state
 
@@ -109,6 +112,7 @@ def _connection_uri(state: dict[str, Any], conn_id: str, index: int) -> str:
                 "chain_id": state["chain_id"],
                 "block_time": state.get("block_time", BLOCK_TIME),
             }
+            | ({"explorer_tx_url": state["explorer_tx_url"]} if state.get("explorer_tx_url") else {})
         ),
     ).get_uri()
 

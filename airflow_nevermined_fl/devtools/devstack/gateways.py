@@ -1,7 +1,7 @@
 """Devstack component "gateways": one provider gateway per dev provider account, on 127.0.0.1.
 
-The coordinator provider sells an ``fl-coordinator`` service (price 10), three data providers an
-``fl-participant`` service each (price 5) on their shard of the digits dataset split non-IID. Each provider
+The coordinator provider sells an ``fl-coordinator`` service (10 tokens), three data providers an
+``fl-participant`` service each (5 tokens) on their shard of the digits dataset split non-IID. Each provider
 has ``<home>/gateways/<name>/``: ``key`` (its private key, 0600), ``storage.json`` (the devstack SeaweedFS
 keys, 0600: the session storage is shared for now), ``data/`` (its shard only), ``gateway.json`` (config),
 ``state/`` and ``gateway.log``. Each runs ``nvfl gateway serve`` on a free port and publishes its asset DID
@@ -36,19 +36,20 @@ SESSION_PROVIDERS_ENV = "NVFL_SESSION_PROVIDERS"
 
 @dataclass(frozen=True)
 class Provider:
-    """One dev provider: its gateway's name (= its service's name), account index, service and price."""
+    """One dev provider: its gateway's name (= its service's name), account index, service and price
+    (tokens, a plain decimal string)."""
 
     name: str
     account: int
     type: str
-    price: int
+    price: str
     shard: int | None = None  # data providers: index of their shard of the partition
 
 
 PROVIDERS: tuple[Provider, ...] = (
-    Provider("coordinator", chain.COORDINATOR_PROVIDER, "fl-coordinator", 10),
+    Provider("coordinator", chain.COORDINATOR_PROVIDER, "fl-coordinator", "10"),
     *(
-        Provider(f"provider-{n + 1}", index, "fl-participant", 5, shard=n)
+        Provider(f"provider-{n + 1}", index, "fl-participant", "5", shard=n)
         for n, index in enumerate(chain.DATA_PROVIDERS)
     ),
 )
