@@ -153,12 +153,26 @@ class AirflowClient:
     def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
         return plain(self.call(self.dag_run_api.get_dag_run, dag_id, run_id))
 
+    @staticmethod
+    def _json(call: str, response: Any) -> Any:
+        """The JSON of a ``*_without_preload_content`` answer (an error status: :class:`AirflowApiError`)."""
+        if response.status >= 400:
+            raise AirflowApiError.of(call, response.status, response.data)
+        return json.loads(response.data)
+
     def extra_links(
         self, dag_id: str, run_id: str, task_id: str, map_index: int = -1
     ) -> dict[str, str | None]:
-        """A task instance's extra links by name, as the UI gets them (None: not shown)."""
-        links = self.call(self.extra_links_api.get_extra_links, dag_id, run_id, task_id, map_index=map_index)
-        return dict(links.extra_links)
+        """A task instance's extra links by name, as the UI gets them (None: not shown). Read as JSON: the
+        client's typed model refuses the null of a link not shown."""
+        response = self.call(
+            self.extra_links_api.get_extra_links_without_preload_content,
+            dag_id,
+            run_id,
+            task_id,
+            map_index=map_index,
+        )
+        return self._json("get_extra_links", response)["extra_links"]
 
     def list_runs(self, dag_id: str, limit: int) -> list[dict[str, Any]]:
         """The ``limit`` newest runs of ``dag_id``, newest first."""
@@ -221,9 +235,7 @@ class AirflowClient:
             map_index=map_index,
             accept="application/json",
         )
-        if response.status >= 400:
-            raise AirflowApiError.of("get_log", response.status, response.data)
-        return log_text(json.loads(response.data)["content"])
+        return log_text(self._json("get_log", response)["content"])
 
     def asset_events(self, **filters: Any) -> list[dict[str, Any]]:
         """Asset events matching ``filters`` (``source_dag_id``, ``source_run_id``, ...)."""
