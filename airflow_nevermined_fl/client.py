@@ -194,10 +194,9 @@ class AirflowClient:
         body = af.DAGRunPatchBody(note=note)
         return plain(self.call(self.dag_run_api.patch_dag_run, dag_id, run_id, body, update_mask=["note"]))
 
-    def teardown_task_ids(self, dag_id: str) -> set[str]:
-        """The DAG's teardown tasks (``as_teardown`` gives them this trigger rule, nothing else has it)."""
-        tasks = self.call(self.task_api.get_tasks, dag_id).tasks
-        return {t.task_id for t in tasks if t.task_id and t.trigger_rule == "all_done_setup_success"}
+    def tasks(self, dag_id: str) -> list[dict[str, Any]]:
+        """The DAG's tasks (``task_id``, ``trigger_rule``, ``is_mapped``, ...)."""
+        return [plain(task) for task in self.call(self.task_api.get_tasks, dag_id).tasks]
 
     def fail_task(self, dag_id: str, run_id: str, task_id: str, map_index: int, note: str) -> None:
         """Mark one task instance failed, as if it had failed (no retry): a running one is killed, a

@@ -308,21 +308,23 @@ def _log_sources(
 
 def _logs(client: AirflowClient, args: argparse.Namespace) -> int:
     from airflow_nevermined_fl.client import FINISHED
+    from airflow_nevermined_fl.session_info import task_key
 
-    printed: dict[str, int] = {}  # lines written per log (its header)
-    last = None  # the header of the log written last
+    printed: dict[tuple[str, int], int] = {}  # lines written per log (task instance, try)
+    last = None  # the log written last
     deadline = time.monotonic() + args.timeout
     while True:
         finished = not args.follow or client.run(args.dag, args.run_id)["state"] in FINISHED
         for header, ti, try_number in _log_sources(client, args):
             text = client.task_log(args.dag, args.run_id, ti["task_id"], try_number, ti["map_index"])
-            lines = text.splitlines()[printed.get(header, 0) :]
-            if lines and header != last:
+            key = (task_key(ti), try_number)  # not the header: it shows the state, which changes
+            lines = text.splitlines()[printed.get(key, 0) :]
+            if lines and key != last:
                 print(header)
-                last = header
+                last = key
             for line in lines:
                 print(line)
-            printed[header] = printed.get(header, 0) + len(lines)
+            printed[key] = printed.get(key, 0) + len(lines)
         sys.stdout.flush()
         if finished:  # the last pass ran after the run's end
             return 0
@@ -339,7 +341,9 @@ def _stop(client: AirflowClient, args: argparse.Namespace) -> int:
     if state in FINISHED:
         raise CommandError(f"run {args.run_id} already ended ({state}): nothing to stop", 2)
     failed = stop_session(client, args.dag, args.run_id)
-    print(f"run {args.run_id} stopped: {', '.join(failed) or 'no step'} marked failed")
+    if not failed:
+        raise CommandError(f"run {args.run_id}: no step could be marked failed (has it just ended?)", 1)
+    print(f"run {args.run_id} stopped: {', '.join(failed)} marked failed")
     print(
         "the teardown stops the workloads and refunds the unpaid payments once their time-out passed on chain"
     )
@@ -350,7 +354,8 @@ def _stop(client: AirflowClient, args: argparse.Namespace) -> int:
     print(f"run {args.run_id}: {run['state']}")
     if summary.get("teardown"):
         print("\n".join(_teardown_lines(summary["teardown"])))
-    return 0 if summary["tasks"].get("teardown") == "success" else 1
+    # A teardown skipped: no setup step had succeeded, nothing was locked.
+    return 0 if summary["tasks"].get("teardown") in ("success", "skipped") else 1
 
 
 COMMANDS: dict[str, tuple[Callable[[AirflowClient, argparse.Namespace], int], str]] = {
@@ -358,7 +363,7 @@ COMMANDS: dict[str, tuple[Callable[[AirflowClient, argparse.Namespace], int], st
     "ls": (_ls, "the recent session runs"),
     "status": (_status, "a run's tasks, rounds, model and payments"),
     "logs": (_logs, "a run's task logs (--follow: until it ends)"),
-    "stop": (_stop, "fail a run's running steps: its teardown stops the workloads and refunds"),
+    "stop": (_stop, "fail a run's unfinished steps: its teardown stops the workloads and refunds"),
 }
 
 

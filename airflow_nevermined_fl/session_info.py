@@ -8,8 +8,12 @@ from typing import Any
 
 from airflow_nevermined_fl.client import AirflowApiError, AirflowClient
 
-ACTIVE = ("scheduled", "queued", "running", "deferred", "up_for_retry", "up_for_reschedule", "restarting")
-"""Task instance states of a step that has not ended: what a stop fails."""
+ENDED = ("success", "failed", "skipped", "upstream_failed", "removed")
+"""Task instance states of a step that has ended; a stop fails the others (not yet scheduled, too)."""
+RUNNING = ("running", "restarting")
+"""A step on a worker: a stop lets it end (it may be in the middle of a transaction)."""
+TRANSIENT = (409, 500, 503)
+"""A failed PATCH that the next pass of a stop tries again: the step ended meanwhile, a busy database."""
 STOP_NOTE = "stopped with `nvfl session stop`"
 
 
@@ -90,29 +94,41 @@ def run_row(client: AirflowClient, dag_id: str, run: dict[str, Any]) -> dict[str
     }
 
 
-def stop_session(client: AirflowClient, dag_id: str, run_id: str, passes: int = 3) -> list[str]:
-    """Stop a running session: fail every step that has not ended, except the teardown; the steps after
-    them fail upstream, the teardown runs (stops the workloads, refunds) and the run ends failed. The
-    failed task instances (:func:`task_key`).
+def stop_session(client: AirflowClient, dag_id: str, run_id: str, timeout: float = 300.0) -> list[str]:
+    """Stop a running session: fail every step that has not ended, except the teardown, so that the steps
+    after them fail upstream, the teardown runs (stops the workloads, refunds) and the run ends failed.
+    A step already running on a worker (a lock, a publication, a start: seconds; not a wait) is let
+    finish first: killed in the middle of a transaction, what it paid would be unknown to the teardown.
+    The failed task instances (:func:`task_key`).
 
     Not ``PATCH dagRun state=failed``: that skips the pending steps and lets the teardown run, but then
     Airflow computes the run's end from its leaves, a skipped ``publish_model``: the run ends success."""
-    teardowns = client.teardown_task_ids(dag_id)
+    tasks = client.tasks(dag_id)
+    # A teardown has this trigger rule (``as_teardown`` gives it, nothing else has it): it must run.
+    teardowns = {t["task_id"] for t in tasks if t["trigger_rule"] == "all_done_setup_success"}
+    mapped = {t["task_id"] for t in tasks if t["is_mapped"]}
+    waits = {t["task_id"] for t in tasks if str(t["operator_name"]).endswith("Sensor")}  # stopped at once
     client.note_run(dag_id, run_id, STOP_NOTE)
     failed: list[str] = []
-    for _ in range(passes):  # a step the scheduler started meanwhile is failed by the next pass
-        active = [
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:  # until every step ended: those expanded or started meanwhile too
+        pending = [
             ti
             for ti in client.task_instances(dag_id, run_id)
-            if ti["state"] in ACTIVE and ti["task_id"] not in teardowns
+            if ti["state"] not in ENDED
+            and ti["task_id"] not in teardowns
+            # not a mapped step before its expansion: it fails upstream with what it maps over
+            and not (ti["task_id"] in mapped and ti["map_index"] < 0)
         ]
-        if not active:
+        if not pending:
             break
-        for ti in active:
+        for ti in pending:
+            if ti["state"] in RUNNING and ti["task_id"] not in waits:
+                continue
             try:
                 client.fail_task(dag_id, run_id, ti["task_id"], ti["map_index"], STOP_NOTE)
             except AirflowApiError as err:
-                if err.status_code != 409:  # 409: it ended meanwhile
+                if err.status_code not in TRANSIENT:  # it ended meanwhile, or a busy database
                     raise
                 continue
             failed.append(task_key(ti))

@@ -54,10 +54,10 @@ def fl_model_evaluation() -> None:
         held_out = store.get_bytes(store.url(params["test_data"]))
         try:
             result = evaluate(store.get_bytes(model["model_url"]), held_out, model["sha256"])
-        except ValueError as err:  # not the model published, or not a softmax model file
+        except ValueError as err:  # not the model published, not a softmax model, or not its data
             raise AirflowFailException(f"model {model['model_did']}: {err}") from None
         log.info(
-            "model %s (session %s): accuracy %.4f on %d held-out rows (the session reported %.4f)",
+            "model %s (session %s): accuracy %.4f on %d held-out rows (the session reported %s)",
             model["model_did"],
             model["session_id"],
             result["accuracy"],

@@ -13,6 +13,7 @@ logged, returned, or put in XCom. The chain logic is the
 from __future__ import annotations
 
 from functools import cached_property
+from string import Formatter
 from typing import Any
 
 from airflow.sdk.bases.hook import BaseHook
@@ -112,17 +113,18 @@ class NeverminedHook(BaseHook, Keeper):
         """A block explorer's URL of a transaction, ``{tx_hash}`` in it (extra ``explorer_tx_url``; None:
         no explorer links)."""
         value = self._extra.get("explorer_tx_url") or None
-        if value is not None and (
-            not isinstance(value, str)
-            or not value.startswith(("https://", "http://"))
-            or "{tx_hash}" not in value
-            or "{" in value.replace("{tx_hash}", "")
-        ):
+        if value is None:
+            return None
+        try:
+            fields = {field for _, field, _, _ in Formatter().parse(value) if field is not None}
+        except (TypeError, ValueError):  # not a string, or stray braces
+            fields = set()
+        if fields != {"tx_hash"} or not value.startswith(("https://", "http://")):
             raise InvalidInputError(
-                f"{self.nevermined_conn_id}: extra explorer_tx_url must be an http(s) URL with {{tx_hash}},"
-                f" got {value!r}"
+                f"{self.nevermined_conn_id}: extra explorer_tx_url must be an http(s) URL with {{tx_hash}}"
+                f" as its only field, got {value!r}"
             )
-        return value
+        return str(value)
 
     @staticmethod
     def _load_deployment(extra: dict[str, Any], where: str) -> Deployment:

@@ -134,7 +134,7 @@ class ValidateSessionOperator(BaseOperator):
         providers: list[dict[str, Any]],
     ) -> None:
         """Prices (token units) within the cap and payable in the token's base units, the model fitting
-        every dataset, the consumer's balance covering all."""
+        every dataset, the consumer's balance covering all, the connection's explorer template valid."""
         from airflow_nevermined_fl.contracts.errors import InvalidInputError
 
         entries = [("conf.coordinator", coordinator)]
@@ -147,6 +147,7 @@ class ValidateSessionOperator(BaseOperator):
                 )
         try:
             total = sum(token.base(p["price"], f"{where}.did: {p['name']}'s price") for where, p in entries)
+            consumer.explorer_tx_url  # noqa: B018 - its template checked now, not after a transaction
         except InvalidInputError as err:
             raise AirflowFailException(str(err)) from None
         model = conf["model"]

@@ -70,9 +70,10 @@ def _coordinator(consumer_conn_id: str, execution: dict[str, Any]) -> dict[str, 
     try:
         client = gateway(nevermined(consumer_conn_id), execution, timeout=LIVE_TIMEOUT)
         status = client.status(execution["agreement_id"])
-    except GatewayError as err:
-        log.warning("rounds chart: %s", err)
-        return _rounds("coordinator", [], None, None) | {"note": f"coordinator status unavailable: {err}"}
+    except Exception as err:  # noqa: BLE001 - the gateway, or the consumer connection here: a note, not a 500
+        log.warning("rounds chart: coordinator status of %s: %s", execution["agreement_id"], err)
+        reason = "its gateway did not answer" if isinstance(err, GatewayError) else type(err).__name__
+        return _rounds("coordinator", [], None, None) | {"note": f"coordinator status unavailable: {reason}"}
     coordinator = status.get("coordinator") or {}
     return _rounds(
         "coordinator",

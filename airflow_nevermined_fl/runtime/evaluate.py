@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from airflow_nevermined_fl.runtime.softmax import SoftmaxRegression, validate_data
+from airflow_nevermined_fl.runtime.softmax import ModelError, SoftmaxRegression, validate_data
 from airflow_nevermined_fl.runtime.storage import StorageError, client, get_bytes, load_npz, parse_s3_url
 
 
@@ -40,8 +40,14 @@ def evaluate(model: bytes, data: bytes, sha256: str | None = None) -> dict[str, 
     held_out = load_npz(data, "held-out data")
     validate_data(held_out, "held-out data")
     num_features, num_classes = arrays["W"].shape
+    x, y = held_out["x"], held_out["y"]
+    if x.shape[1] != num_features or int(y.max()) >= num_classes:
+        raise ModelError(
+            f"held-out data: {x.shape[1]} features and labels up to {int(y.max())}, but the model takes"
+            f" {num_features} features and {num_classes} classes"
+        )
     loss, accuracy = SoftmaxRegression(num_features, num_classes).evaluate(
-        arrays["weights"], held_out["x"].astype("float64"), held_out["y"].astype("int64")
+        arrays["weights"], x.astype("float64"), y.astype("int64")
     )
     return {"accuracy": accuracy, "loss": loss, "n": int(len(held_out["y"])), "sha256": digest}
 

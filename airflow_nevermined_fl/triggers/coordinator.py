@@ -263,8 +263,8 @@ class SessionRoundsTrigger(_GatewayTrigger):
             client = await self._client(workload)
             async for line in client.afollow_logs(workload["agreement_id"]):
                 self.log.info("[%s] %s", name, line)
-        except GatewayError as err:
-            self.log.warning("[%s] log stream ended: %s", name, err)
+        except Exception as err:  # noqa: BLE001 - the session's wait goes on without this stream
+            self.log.warning("[%s] log stream ended: %s: %s", name, type(err).__name__, err)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         limits = (self.deadline, self.stall_timeout, self.unreachable_timeout)

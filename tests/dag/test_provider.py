@@ -379,3 +379,28 @@ def test_provider_info_matches_airflows_schemas() -> None:
     for conn in info["connection-types"]:
         jsonschema.validate(conn["conn-fields"], form["conn-fields"])
         jsonschema.validate(conn["ui-field-behaviour"], form["ui-field-behaviour"])
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "https://explorer.test/tx/{tx_hash}}",
+        "https://explorer.test/{block}/{tx_hash}",
+        "ftp://e/{tx_hash}",
+        7,
+    ],
+)
+def test_a_bad_explorer_template_is_refused_naming_the_extra(
+    monkeypatch: pytest.MonkeyPatch, template: object
+) -> None:
+    """Read by ``validate`` (before any transaction), not first when a task's links are made."""
+    from airflow_nevermined_fl.contracts.errors import InvalidInputError
+    from airflow_nevermined_fl.hooks.nevermined import NeverminedHook
+
+    extra = {"explorer_tx_url": template}
+    monkeypatch.setenv("AIRFLOW_CONN_NVFL_EXPLORER", json.dumps({"conn_type": "nevermined", "extra": extra}))
+    with pytest.raises(InvalidInputError, match="nvfl_explorer: extra explorer_tx_url must be an http"):
+        NeverminedHook("nvfl_explorer").explorer_tx_url  # noqa: B018 - the property checks
+    extra["explorer_tx_url"] = "https://explorer.test/tx/{tx_hash}"
+    monkeypatch.setenv("AIRFLOW_CONN_NVFL_EXPLORER", json.dumps({"conn_type": "nevermined", "extra": extra}))
+    assert NeverminedHook("nvfl_explorer").explorer_tx_url == "https://explorer.test/tx/{tx_hash}"

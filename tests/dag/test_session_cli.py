@@ -150,7 +150,12 @@ def test_stop_ends_a_long_session_through_its_teardown(
     try:
         stop = session("stop", run_id)
         assert stop.returncode == 0, stop.stderr
-        assert f"run {run_id} stopped: wait_for_rounds marked failed\n" in stop.stdout, stop.stdout
+        (stopped,) = [line for line in stop.stdout.splitlines() if line.startswith(f"run {run_id} stopped: ")]
+        # The running wait, and the step not scheduled yet.
+        assert set(stopped.split(": ", 1)[1].removesuffix(" marked failed").split(", ")) == {
+            "wait_for_rounds",
+            "publish_model",
+        }
         # The teardown runs: it stops the workloads, then waits for the refunds' time-out.
         _until(lambda: _task_state(api, run_id, "teardown") in ("deferred", "success"), 120, "no teardown")
         assert {w["name"] for w in api.client.xcom(DAG, run_id, "teardown", key="stopped")} == {
@@ -169,10 +174,12 @@ def test_stop_ends_a_long_session_through_its_teardown(
     assert ended["state"] == "failed"
     assert follow.returncode == 0, follow_err
     assert followed.startswith("==> wait_for_rounds try 1 ") and "round 0 finished" in followed
+    lines = [line for line in followed.splitlines() if line.strip()]
+    assert len(lines) == len(set(lines))  # a state change of the task printed nothing again
 
     status = json.loads(session("status", run_id, "--json").stdout)
     assert status["tasks"]["wait_for_rounds"] == "failed" and status["tasks"]["teardown"] == "success"
-    assert status["tasks"]["publish_model"] == "upstream_failed"
+    assert status["tasks"]["publish_model"] == "failed"
     teardown = status["teardown"]
     assert set(teardown["refunds"]) == {p["name"] for p in status["payments"]}
     assert all(r["outcome"] == "refunded" for r in teardown["refunds"].values())
@@ -180,3 +187,23 @@ def test_stop_ends_a_long_session_through_its_teardown(
     again = session("stop", run_id)
     assert again.returncode == 2 and "already ended (failed)" in again.stderr
     _assert_clean(stack, api, run.stdout, live.stdout, stop.stdout, followed, json.dumps(status))
+
+
+def test_stop_right_after_run_refunds_whatever_was_locked(
+    api: Api, stack: Stack, nvfl: tuple[Nvfl, dict[str, str]], tmp_path: Path
+) -> None:
+    """Stopped as its first steps run: those running are let finish (a lock killed mid-transaction would
+    leave a payment the teardown does not know), the rest fail; whatever was locked is refunded."""
+    session, _ = nvfl
+    before = stack.balances()
+    run = session("run", "--conf", _conf_file(tmp_path, stack.conf(session_timeout=40)))
+    assert run.returncode == 0, run.stderr
+    run_id = _run_id(run.stdout)
+    stop = session("stop", run_id, "--wait", timeout=400)
+    assert stop.returncode == 0, stop.stderr
+    assert f"run {run_id} stopped: " in stop.stdout, stop.stdout
+    assert api.client.run(DAG, run_id)["state"] == "failed"
+    states = {ti["task_id"]: ti["state"] for ti in api.client.task_instances(DAG, run_id)}
+    assert states["publish_model"] in ("failed", "upstream_failed")
+    assert states["teardown"] in ("success", "skipped")  # skipped: stopped before any lock
+    assert stack.balances() == before  # what was locked is refunded, nothing stranded
