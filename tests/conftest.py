@@ -33,7 +33,7 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         s3.down(state)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     """Debian's chromium through Playwright (skips without it, unless NVFL_REQUIRE_BROWSER=1)."""
     from browser import chromium
