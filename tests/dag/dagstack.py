@@ -8,7 +8,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -172,6 +174,45 @@ def payments(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return [xcom["lock_coordinator_payment"]["return_value"]] + [
         xcom[f"lock_payment[{i}]"]["return_value"] for i in range(3)
     ]
+
+
+def run_with_fault(
+    stack: Stack, conf: dict[str, Any], tmp_path: Path, fault: Callable[[float], float]
+) -> tuple[dict[str, Any], str, float]:
+    """Run a session with ``dag.test()``, calling ``fault(started)`` while it runs; the summary, the task
+    logs (also kept as ``output.log``) and when the fault began (``fault``'s return, epoch seconds)."""
+    started = time.time()
+    proc = stack.start_dag_test(conf, tmp_path / "summary.json")
+    try:
+        began = fault(started)
+        output, _ = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    (tmp_path / "output.log").write_text(output)  # the run's task logs, for a failure's diagnosis
+    return json.loads((tmp_path / "summary.json").read_text()), output, began
+
+
+def seconds_to(output: str, marker: str, since: float) -> float:
+    """Seconds from ``since`` (epoch) to the first task log line holding ``marker``."""
+    line = next(line for line in output.splitlines() if marker in line)
+    return datetime.fromisoformat(line.split()[0]).timestamp() - since
+
+
+def assert_failed_and_refunded(stack: Stack, summary: dict[str, Any], before: dict[str, int]) -> None:
+    """The session failed in ``wait_for_rounds``; the teardown stopped every workload (no process left)
+    and refunded every payment by itself: the consumer is back to its start, nobody was paid."""
+    assert summary["state"] == "failed"
+    assert summary["tasks"]["wait_for_rounds"] == "failed"
+    assert summary["tasks"]["publish_model"] == "upstream_failed"
+    assert summary["tasks"]["teardown"] == "success"
+    teardown, paid = summary["xcom"]["teardown"]["return_value"], payments(summary)
+    assert teardown["session_completed"] is False
+    assert set(teardown["refunds"]) == {p["name"] for p in paid}
+    assert all(r["outcome"] == "refunded" and r["tx_hash"] for r in teardown["refunds"].values())
+    assert stack.balances() == before
+    workloads = gateway_workloads(stack, {p["agreement"]["agreement_id"] for p in paid})
+    assert len(workloads) == 4 and all(process_gone(int(w.details["pid"])) for _, w in workloads)
 
 
 def stopped(summary: dict[str, Any]) -> set[str]:

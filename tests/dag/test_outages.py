@@ -6,7 +6,6 @@ the gateways release their escrow delays the release, and every provider is stil
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +15,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from dagstack import Stack, coordinator_at_round, gateway_workloads, payments, process_gone
+from dagstack import (
+    Stack,
+    assert_failed_and_refunded,
+    coordinator_at_round,
+    gateway_workloads,
+    payments,
+    process_gone,
+    run_with_fault,
+    seconds_to,
+)
 from stalled_servers import OutageProxy
 
 SUFFIX = "-proxied"
@@ -59,21 +67,6 @@ def _name(payment: dict[str, Any]) -> str:
     return str(payment["name"]).removesuffix(SUFFIX)
 
 
-def _run(stack: Stack, conf: dict[str, Any], tmp_path: Path, fault: Any) -> tuple[dict[str, Any], str, float]:
-    """Run a session with ``dag.test()``, calling ``fault(started)`` while it runs; the summary, the task
-    logs and when the fault began (``fault``'s return, epoch seconds)."""
-    started = time.time()
-    proc = stack.start_dag_test(conf, tmp_path / "summary.json")
-    try:
-        began = fault(started)
-        output, _ = proc.communicate(timeout=900)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    (tmp_path / "output.log").write_text(output)  # the run's task logs, for a failure's diagnosis
-    return json.loads((tmp_path / "summary.json").read_text()), output, began
-
-
 def _assert_paid_once(stack: Stack, summary: dict[str, Any], before: dict[str, int]) -> None:
     """Every provider paid its price once, the consumer charged their sum, no workload left running."""
     paid, after = payments(summary), stack.balances()
@@ -98,7 +91,7 @@ def test_a_short_storage_outage_mid_round_is_ridden_out(
         proxied.s3.up()
         return began
 
-    summary, _, _ = _run(stack, conf, tmp_path, outage)
+    summary, _, _ = run_with_fault(stack, conf, tmp_path, outage)
 
     assert summary["state"] == "success", summary["tasks"]
     metrics = summary["xcom"]["publish_model"]["return_value"]["rounds_metrics"]
@@ -120,26 +113,14 @@ def test_a_storage_outage_longer_than_the_stall_timeout_fails_and_refunds(
         return time.time()
 
     try:
-        summary, output, began = _run(stack, conf, tmp_path, outage)
+        summary, output, began = run_with_fault(stack, conf, tmp_path, outage)
     finally:
         proxied.s3.up()
     settled_after = time.time() - began
 
-    assert summary["state"] == "failed"
-    assert summary["tasks"]["wait_for_rounds"] == "failed"
-    assert summary["tasks"]["publish_model"] == "upstream_failed"
-    assert summary["tasks"]["teardown"] == "success"
-    detected = next(line for line in output.splitlines() if "no progress for 8s" in line)
-    detected_after = datetime.fromisoformat(detected.split()[0]).timestamp() - began
+    detected_after = seconds_to(output, "no progress for 8s", began)
     assert detected_after < conf["stall_timeout"] + 10
-    teardown = summary["xcom"]["teardown"]["return_value"]
-    assert teardown["session_completed"] is False
-    assert {p["name"] for p in payments(summary)} == set(teardown["refunds"])
-    assert all(r["outcome"] == "refunded" and r["tx_hash"] for r in teardown["refunds"].values())
-    assert stack.balances() == before  # every token back, nobody paid
-    paid = payments(summary)
-    workloads = gateway_workloads(stack, {p["agreement"]["agreement_id"] for p in paid})
-    assert len(workloads) == 4 and all(process_gone(int(w.details["pid"])) for _, w in workloads)
+    assert_failed_and_refunded(stack, summary, before)
     print(f"outage to detection {detected_after:.1f}s, to every refund {settled_after:.1f}s")
 
 
@@ -163,7 +144,7 @@ def test_the_chain_lost_while_the_gateways_release_delays_payment_only(
         return began
 
     try:
-        summary, _, began = _run(stack, conf, tmp_path, outage)
+        summary, _, began = run_with_fault(stack, conf, tmp_path, outage)
     finally:
         proxied.chain.up()
 

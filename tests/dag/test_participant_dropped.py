@@ -10,11 +10,18 @@ import json
 import os
 import signal
 import time
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
-from dagstack import Stack, child_pids, gateway_workloads, payments, process_gone
+from dagstack import (
+    Stack,
+    assert_failed_and_refunded,
+    child_pids,
+    gateway_workloads,
+    payments,
+    process_gone,
+    run_with_fault,
+    seconds_to,
+)
 
 from airflow_nevermined_fl.gateway.launchers import Workload
 
@@ -49,17 +56,10 @@ def test_participant_dropped_session_degrades_and_its_escrow_is_refunded(
 ) -> None:
     conf = stack.conf(rounds=40, min_participants=2, heartbeat=0.5, stall_timeout=60, session_timeout=120)
     before = stack.balances()
-    started = time.time()
-    proc = stack.start_dag_test(conf, tmp_path / "summary.json")
-    try:
-        killed = _kill(stack, (DROPPED,), started)
-        output, _ = proc.communicate(timeout=900)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    summary, _, killed = run_with_fault(
+        stack, conf, tmp_path, lambda started: _kill(stack, (DROPPED,), started)
+    )
     settled_after = time.time() - killed
-    (tmp_path / "output.log").write_text(output)
-    summary: dict[str, Any] = json.loads((tmp_path / "summary.json").read_text())
 
     assert summary["state"] == "success", summary["tasks"]
     model = summary["xcom"]["publish_model"]["return_value"]
@@ -87,29 +87,11 @@ def test_participants_dropped_below_min_the_session_fails_and_everything_is_refu
 ) -> None:
     conf = stack.conf(rounds=500, min_participants=2, heartbeat=0.5, stall_timeout=10, session_timeout=40)
     before = stack.balances()
-    started = time.time()
-    proc = stack.start_dag_test(conf, tmp_path / "summary.json")
-    try:
-        killed = _kill(stack, ("provider-2", "provider-3"), started)
-        output, _ = proc.communicate(timeout=900)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    summary, output, killed = run_with_fault(
+        stack, conf, tmp_path, lambda started: _kill(stack, ("provider-2", "provider-3"), started)
+    )
     refunded_after = time.time() - killed
-    (tmp_path / "output.log").write_text(output)
-    summary: dict[str, Any] = json.loads((tmp_path / "summary.json").read_text())
-
-    assert summary["state"] == "failed"
-    assert summary["tasks"]["wait_for_rounds"] == "failed"
-    assert summary["tasks"]["publish_model"] == "upstream_failed"
-    detected = next(line for line in output.splitlines() if "no progress for 10s" in line)
-    detected_after = datetime.fromisoformat(detected.split()[0]).timestamp() - killed
+    detected_after = seconds_to(output, "no progress for 10s", killed)
     assert detected_after < conf["stall_timeout"] + 10
-    teardown = summary["xcom"]["teardown"]["return_value"]
-    paid = payments(summary)
-    assert set(teardown["refunds"]) == {p["name"] for p in paid}
-    assert all(r["outcome"] == "refunded" and r["tx_hash"] for r in teardown["refunds"].values())
-    assert stack.balances() == before  # nobody paid for a session without a model
-    workloads = gateway_workloads(stack, {p["agreement"]["agreement_id"] for p in paid})
-    assert len(workloads) == 4 and all(process_gone(int(w.details["pid"])) for _, w in workloads)
+    assert_failed_and_refunded(stack, summary, before)
     print(f"fault to detection {detected_after:.1f}s, to every refund {refunded_after:.1f}s")
