@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import airflow_client.client as af
@@ -93,14 +94,21 @@ class AirflowClient:
         """Close the pooled connections (the official ``ApiClient`` has no ``close`` of its own)."""
         self._api.rest_client.pool_manager.clear()
 
-    def call(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """One typed call of the official client: ``client.call(client.dag_run_api.get_dag_run, ...)``."""
+    @contextmanager
+    def _answered(self, call: str) -> Iterator[None]:
+        """The official client's failures of ``call`` as :class:`AirflowApiError` (an error answer) or
+        :class:`AirflowUnreachableError` (no answer)."""
         try:
-            return method(*args, _request_timeout=self.timeout, **kwargs)
+            yield
         except ApiException as err:
-            raise AirflowApiError.of(method.__name__, err.status or 0, err.body) from None
+            raise AirflowApiError.of(call, err.status or 0, err.body) from None
         except HTTPError as err:
             raise AirflowUnreachableError(f"{self.url}: {type(err).__name__}: {err}") from None
+
+    def call(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """One typed call of the official client: ``client.call(client.dag_run_api.get_dag_run, ...)``."""
+        with self._answered(method.__name__):
+            return method(*args, _request_timeout=self.timeout, **kwargs)
 
     def _raw(
         self,
@@ -119,16 +127,9 @@ class AirflowClient:
             body=body,
             auth_settings=["HTTPBearer"] if auth else [],
         )
-        try:
+        with self._answered(f"{method} {path}"):
             response = self._api.call_api(*request, _request_timeout=self.timeout)
-        except ApiException as err:
-            raise AirflowApiError.of(f"{method} {path}", err.status or 0, err.body) from None
-        except HTTPError as err:
-            raise AirflowUnreachableError(f"{self.url}: {type(err).__name__}: {err}") from None
-        data = response.read()
-        if response.status >= 400:
-            raise AirflowApiError.of(f"{method} {path}", response.status, data)
-        return json.loads(data) if data else None
+        return self._json(f"{method} {path}", response)
 
     def wait_dag(self, dag_id: str, timeout: float = 120.0) -> dict[str, Any]:
         """Until the DAG is parsed (and unpaused); returns it."""
@@ -155,10 +156,11 @@ class AirflowClient:
 
     @staticmethod
     def _json(call: str, response: Any) -> Any:
-        """The JSON of a ``*_without_preload_content`` answer (an error status: :class:`AirflowApiError`)."""
+        """The JSON of an answer read raw (an error status: :class:`AirflowApiError`; no body: None)."""
+        data = response.read()
         if response.status >= 400:
-            raise AirflowApiError.of(call, response.status, response.data)
-        return json.loads(response.data)
+            raise AirflowApiError.of(call, response.status, data)
+        return json.loads(data) if data else None
 
     def extra_links(
         self, dag_id: str, run_id: str, task_id: str, map_index: int = -1
