@@ -354,8 +354,9 @@ def _stop(client: AirflowClient, args: argparse.Namespace) -> int:
     print(f"run {args.run_id}: {run['state']}")
     if summary.get("teardown"):
         print("\n".join(_teardown_lines(summary["teardown"])))
-    # A teardown skipped: no setup step had succeeded, nothing was locked.
-    return 0 if summary["tasks"].get("teardown") in ("success", "skipped") else 1
+    # A teardown skipped (every lock skipped) or upstream_failed (none succeeded: Airflow's rule for a
+    # teardown, ``all_done_setup_success``): nothing was locked, nothing to refund.
+    return 0 if summary["tasks"].get("teardown") in ("success", "skipped", "upstream_failed") else 1
 
 
 COMMANDS: dict[str, tuple[Callable[[AirflowClient, argparse.Namespace], int], str]] = {

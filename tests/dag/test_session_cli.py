@@ -205,5 +205,6 @@ def test_stop_right_after_run_refunds_whatever_was_locked(
     assert api.client.run(DAG, run_id)["state"] == "failed"
     states = {ti["task_id"]: ti["state"] for ti in api.client.task_instances(DAG, run_id)}
     assert states["publish_model"] in ("failed", "upstream_failed")
-    assert states["teardown"] in ("success", "skipped")  # skipped: stopped before any lock
+    # skipped or upstream_failed: stopped before any lock succeeded (Airflow's rule for a teardown)
+    assert states["teardown"] in ("success", "skipped", "upstream_failed")
     assert stack.balances() == before  # what was locked is refunded, nothing stranded
