@@ -11,7 +11,9 @@ Airflow's ``[operators] default_deferrable`` is set.
 
 The lock steps run in parallel: the consumer's transactions (one nonce sequence and one ERC20 allowance
 per account) are serialized by the account's file lock in NeverminedHook, across the task processes of
-one host. Workers on several hosts sharing a consumer account need a one-slot pool per account.
+one host. Workers on several hosts (Celery, Kubernetes, Edge executors) sharing a consumer account need
+``consumer_pool``: an Airflow pool of one slot per consumer account, which every step that sends the
+consumer's transactions (the locks, both publications, the teardown's refunds) takes while it runs.
 """
 
 from __future__ import annotations
@@ -43,13 +45,16 @@ def fl_session_dag(
     warm_start: bool = False,
     deferrable: bool | None = None,
     params: dict[str, Any] | None = None,
+    consumer_pool: str | None = None,
     **dag_kwargs: Any,
 ) -> DAG:
     """Build a session DAG. ``params`` overrides the session defaults (the trigger form's values);
     ``warm_start`` starts from the last model this DAG published (the newest event of its model asset,
     :func:`~airflow_nevermined_fl.assets.model_asset`); ``deferrable``: whether the sensors defer their
     waits to the triggerer (None: a ``deferrable`` in ``default_args``, else Airflow's ``[operators]
-    default_deferrable``); ``False`` keeps them in worker slots."""
+    default_deferrable``); ``False`` keeps them in worker slots. ``consumer_pool``: the one-slot pool of
+    the consumer's account that its transactions take (needed with workers on several hosts; create it
+    first: ``airflow pools set NAME 1 DESCRIPTION``)."""
     dag_kwargs.setdefault("start_date", datetime(2025, 1, 1))
     dag_kwargs.setdefault("catchup", False)
     dag_kwargs.setdefault("default_args", DEFAULT_ARGS)
@@ -59,6 +64,7 @@ def fl_session_dag(
     session = session_params(**(params or {}))
     # No step may take longer than a whole session (the waits have their own limits, from the run's conf).
     bounded = {"execution_timeout": timedelta(seconds=float(session["session_timeout"].value))}
+    sends = {"pool": consumer_pool} if consumer_pool else {}  # steps sending the consumer's transactions
     asset = model_asset(dag_id)
     with DAG(dag_id, schedule=schedule, params=session, **dag_kwargs) as dag:
         validate = ValidateSessionOperator(
@@ -71,12 +77,17 @@ def fl_session_dag(
             session=run,
             provider=XComArg(validate, key="coordinator"),
             **bounded,
+            **sends,
         )
         lock = LockPaymentOperator.partial(
-            task_id="lock_payment", session=run, map_index_template="{{ task.provider['name'] }}", **bounded
+            task_id="lock_payment",
+            session=run,
+            map_index_template="{{ task.provider['name'] }}",
+            **bounded,
+            **sends,
         ).expand(provider=data_providers)
         payments = [lock_coordinator.output, lock.output]
-        publish = PublishWorkflowOperator(task_id="publish_workflow", session=run, **bounded)
+        publish = PublishWorkflowOperator(task_id="publish_workflow", session=run, **bounded, **sends)
         [lock_coordinator, lock] >> publish
         start = StartCoordinatorOperator(
             task_id="start_coordinator", session=run, workflow=publish.output, payments=payments, **bounded
@@ -114,8 +125,9 @@ def fl_session_dag(
             result=rounds.output,
             outlets=[asset],
             **bounded,
+            **sends,
         )
         TeardownSessionOperator(
-            task_id="teardown", session=run, payments=payments, published=model.output
+            task_id="teardown", session=run, payments=payments, published=model.output, **sends
         ).as_teardown(setups=[lock_coordinator, lock, start, participants])
     return dag

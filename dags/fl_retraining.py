@@ -17,4 +17,5 @@ if os.environ.get("NVFL_SESSION_PROVIDERS"):
         warm_start=True,
         is_paused_upon_creation=True,
         params=json.loads(os.environ["NVFL_SESSION_PROVIDERS"]),
+        consumer_pool=os.environ.get("NVFL_CONSUMER_POOL"),
     )

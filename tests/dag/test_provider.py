@@ -310,6 +310,15 @@ def test_a_session_dag_publishes_its_model_asset_and_warm_starts_from_it(warm_st
     assert dag.task_dict["validate"].inlets == ([asset] if warm_start else [])
 
 
+def test_the_consumer_pool_is_taken_by_every_step_sending_the_consumers_transactions() -> None:
+    """Across hosts (Celery workers) the account's file lock serializes nothing: the pool does."""
+    sends = {"lock_coordinator_payment", "lock_payment", "publish_workflow", "publish_model", "teardown"}
+    assert {t.pool for t in fl_session_dag("fl_test").tasks} == {"default_pool"}
+    pooled = fl_session_dag("fl_test", consumer_pool="nevermined_consumer")
+    assert {t.task_id for t in pooled.tasks if t.pool == "nevermined_consumer"} == sends
+    assert all(t.pool == "default_pool" for t in pooled.tasks if t.task_id not in sends)
+
+
 # -- connection forms ---------------------------------------------------------------------------------------
 
 CONN_ATTRIBUTES = {"host", "port", "login", "password", "schema"}

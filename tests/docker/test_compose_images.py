@@ -1,4 +1,4 @@
-"""The images docker-compose.yaml runs, built offline (``nvfl images build --airflow``) and started for real:
+"""The images docker-compose.yaml runs, built offline (``nvfl images build --all``) and started for real:
 the Airflow image loads this provider and parses the DAGs; the devchain image serves anvil with the
 Nevermined contracts deployed."""
 
@@ -29,7 +29,7 @@ print("PROBE " + json.dumps({"dags": sorted(bag.dag_ids), "errors": bag.import_e
 
 @pytest.fixture(scope="module")
 def compose_images(engine: Any) -> dict[str, str]:
-    return images.build_all(engine, airflow=True)
+    return images.build_all(engine, compose=True)
 
 
 @pytest.fixture
