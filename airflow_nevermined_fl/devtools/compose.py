@@ -78,10 +78,10 @@ def _s3_state(identity: dict[str, Any], endpoint: str) -> dict[str, Any]:
 
 
 def _gateways(
-    chain_state: dict[str, Any], endpoint: str, gateway_port: int, identities: list[dict[str, Any]]
-) -> dict[str, str]:
-    """Per provider gateway: its config (its data provider's dataset on S3), its key and its S3 identity
-    (secret; the identity also appended to ``identities``)."""
+    chain_state: dict[str, Any], endpoint: str, gateway_port: int
+) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """Per provider gateway: its config (its data provider's dataset on S3), its key and its S3 keys
+    (secret); and the gateways' S3 identities."""
     from airflow_nevermined_fl.devtools.devstack import chain, gateways
     from airflow_nevermined_fl.gateway.launchers.docker import connection_json
 
@@ -89,7 +89,7 @@ def _gateways(
         "type": "docker",
         "connection": json.loads(connection_json(docker_url=f"unix://{DOCKER_SOCKET}")),
     }
-    values = {}
+    values, identities = {}, []
     for i, p in enumerate(gateways.PROVIDERS):
         dataset = f"s3://{BUCKET}/providers/{p.name}/{gateways.DATASET}" if p.shard is not None else None
         identity = _s3_identity(f"gateway-{p.name}")
@@ -102,7 +102,7 @@ def _gateways(
         values[gateway_variable(p.name, "KEY")] = chain.account(p.account).key.to_0x_hex()
         values[gateway_variable(p.name, "S3_ACCESS_KEY")] = s3_state["access_key"]
         values[gateway_variable(p.name, "S3_SECRET_KEY")] = s3_state["secret_key"]
-    return values
+    return values, identities
 
 
 def free_ports() -> dict[str, int]:
@@ -118,21 +118,12 @@ def free_ports() -> dict[str, int]:
 
 def _free_block(size: int) -> int:
     """The first port of ``size`` consecutive ports free on 127.0.0.1 now."""
-    from airflow_nevermined_fl.process import free_port
+    from airflow_nevermined_fl.process import free_port, port_open
 
     while True:
         first = free_port()
-        if all(_free(first + i) for i in range(1, size)):
+        if not any(port_open("127.0.0.1", first + i) for i in range(1, size)):
             return first
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def env(docker_socket: str = "/var/run/docker.sock", ports: dict[str, int] | None = None) -> dict[str, str]:
@@ -149,8 +140,7 @@ def env(docker_socket: str = "/var/run/docker.sock", ports: dict[str, int] | Non
     }
     endpoint = f"http://127.0.0.1:{chosen['S3_PORT']}"
     consumer = _s3_identity("consumer")
-    identities = [consumer]
-    gateway_values = _gateways(chain_state, endpoint, chosen["GATEWAY_PORT"], identities)
+    gateway_values, gateway_identities = _gateways(chain_state, endpoint, chosen["GATEWAY_PORT"])
     seaweedfs_flags = " ".join(f"-{flag}={chosen[flag]}" for flag in SEAWEEDFS_PORTS)
     values = (
         {key: str(chosen[key]) for key in PORTS}
@@ -163,7 +153,7 @@ def env(docker_socket: str = "/var/run/docker.sock", ports: dict[str, int] | Non
             "DOCKER_GID": str(os.stat(docker_socket).st_gid) if os.path.exists(docker_socket) else "0",
             "POSTGRES_PASSWORD": secrets.token_urlsafe(24),
             "REDIS_PASSWORD": secrets.token_urlsafe(24),
-            "S3_IDENTITIES": json.dumps({"identities": identities}),
+            "S3_IDENTITIES": json.dumps({"identities": [consumer, *gateway_identities]}),
             "AIRFLOW_ADMIN_PASSWORD": secrets.token_urlsafe(16),
             "AIRFLOW_JWT_SECRET": secrets.token_urlsafe(32),
             "AIRFLOW_API_SECRET_KEY": secrets.token_urlsafe(32),

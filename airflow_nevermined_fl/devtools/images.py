@@ -118,6 +118,12 @@ def _run(argv: list[str]) -> None:
         raise ImageBuildError(f"{argv[0]} failed with exit code {result.returncode}:\n{tail}")
 
 
+def _pip_wheel(target: Path, *args: str) -> None:
+    """``pip wheel ARGS`` into ``target`` (the host's index and cache)."""
+    pip = [sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check"]
+    _run([*pip, "-w", str(target), *args])
+
+
 def wheelhouse() -> Path:
     """The runtime's third-party wheels for this Python (cached by the requirements file's hash)."""
     key = _digest([REQUIREMENTS.read_bytes(), f"{sys.version_info[:2]}".encode()])
@@ -126,9 +132,8 @@ def wheelhouse() -> Path:
         return target
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
-    pip = [sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "-w", str(target)]
-    _run([*pip, "-r", str(REQUIREMENTS)])
-    _run([*pip, "--no-deps", *nodeps_packages()])
+    _pip_wheel(target, "-r", str(REQUIREMENTS))
+    _pip_wheel(target, "--no-deps", *nodeps_packages())
     (target / ".complete").write_text(key + "\n")
     return target
 
@@ -188,29 +193,12 @@ def _build_cached(
             for name, source in context_files().items():
                 _put(context, name, source)
             if package:
-                _wheel(context / "project")
+                (context / "project").mkdir()
+                _pip_wheel(context / "project", "--no-deps", str(PROJECT_DIR))
             _docker_build(client, context, cached, {"BASE_IMAGE": base_image}, target)
     client.tag(cached, repository, __version__, force=True)
     _prune_builds(client, repository, keep=cached)
     return f"{repository}:{__version__}"
-
-
-def _wheel(target: Path) -> None:
-    """This project's wheel in ``target``."""
-    target.mkdir()
-    _run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "-q",
-            "--no-deps",
-            "-w",
-            str(target),
-            str(PROJECT_DIR),
-        ]
-    )
 
 
 def build_runtime_image(client: APIClient, base_image: str | None = None) -> str:
@@ -253,22 +241,7 @@ def airflow_wheelhouse() -> Path:
     target.mkdir(parents=True)
     (target / "constraints.txt").write_bytes(constraints)
     (target / "requirements.txt").write_text(requirements)
-    _run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "-q",
-            "--disable-pip-version-check",
-            "-w",
-            str(target),
-            "-c",
-            str(target / "constraints.txt"),
-            "-r",
-            str(target / "requirements.txt"),
-        ]
-    )
+    _pip_wheel(target, "-c", str(target / "constraints.txt"), "-r", str(target / "requirements.txt"))
     (target / ".complete").write_text(key + "\n")
     return target
 

@@ -122,7 +122,7 @@ def airflow_env(airflow_home: Path, port: int, password_file: Path, dags_folder:
 
 # Imported by every Airflow process at start (``<AIRFLOW_HOME>/config`` is on sys.path): task processes are
 # forked from the LocalExecutor's workers, so they inherit these modules instead of importing them again.
-LOCAL_SETTINGS = '''"""Embedded devstack: warm imports for forked task processes (web3 alone takes ~1 s)."""
+LOCAL_SETTINGS = '''"""Warm imports for forked task processes (web3 alone takes ~1 s)."""
 import boto3  # noqa: F401
 import web3  # noqa: F401
 '''
