@@ -77,7 +77,8 @@ def start(
 
 
 def stop(pid: int, timeout: float = 10.0) -> None:
-    """SIGTERM the process group led by ``pid``, SIGKILL after ``timeout``; no error if already gone."""
+    """SIGTERM the process group led by ``pid``, SIGKILL after ``timeout``; no error if already gone.
+    Returns once every process of the group is gone, not only its leader (an api-server's workers)."""
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(pid, sig)
@@ -85,9 +86,20 @@ def stop(pid: int, timeout: float = 10.0) -> None:
             return
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            if not pid_alive(pid):
+            if not pid_alive(pid) and not group_alive(pid):  # the leader first: reaps it if our zombie
                 return
             time.sleep(0.1)
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of process group ``pgid`` exists."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextmanager
