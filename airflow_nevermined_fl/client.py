@@ -90,6 +90,11 @@ class AirflowClient:
         self.extra_links_api = af.ExtraLinksApi(self._api)
         self.plugin_api = af.PluginApi(self._api)
 
+    @property
+    def token(self) -> str:
+        """The JWT this client signed in with (``Authorization: Bearer``, or the UI's ``_token`` cookie)."""
+        return str(self._api.configuration.access_token)
+
     def close(self) -> None:
         """Close the pooled connections (the official ``ApiClient`` has no ``close`` of its own)."""
         self._api.rest_client.pool_manager.clear()

@@ -161,11 +161,8 @@ class Api:
     rpc: RpcProxy
 
     def token(self) -> str:
-        """A JWT of the Airflow admin, as ``POST /auth/token`` issues it."""
-        from airflow_nevermined_fl.devtools.devstack import airflow
-
-        credentials = {"username": airflow.USER, "password": airflow.password(self.state)}
-        return str(httpx.post(f"{self.state['url']}/auth/token", json=credentials).json()["access_token"])
+        """The Airflow admin's JWT (the client's, from ``POST /auth/token``)."""
+        return self.client.token
 
 
 def payments(summary: dict[str, Any]) -> list[dict[str, Any]]:
