@@ -54,12 +54,19 @@ class ComposeStack:
         self.deployment_file = home / "deployment.json"
 
     def compose(self, *args: str, timeout: float = 600) -> str:
+        """``docker-compose ARGS`` on the project. Compose prefers the caller's environment to ``.env``:
+        the variables ``.env`` sets are left out of it (a caller's ``AIRFLOW_CONN_*`` would win)."""
         binary = shutil.which("docker-compose")
         if not binary:
             raise ComposeError("no docker-compose on PATH (Debian: apt-get install docker-compose)")
         argv = [binary, "-p", self.project, "-f", str(COMPOSE_FILE), "--project-directory", str(PROJECT_DIR)]
+        environ = {key: value for key, value in os.environ.items() if key not in self.values}
         result = subprocess.run(
-            [*argv, "--env-file", str(self.env_file), *args], capture_output=True, text=True, timeout=timeout
+            [*argv, "--env-file", str(self.env_file), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=environ,
         )
         if result.returncode:
             raise ComposeError(f"docker-compose {' '.join(args)}:\n{result.stderr[-3000:]}")

@@ -54,8 +54,19 @@ def _run_sessions(stack: ComposeStack, count: int) -> list[dict[str, Any]]:
     run_ids = [stack.client.trigger(DAG, conf)["dag_run_id"] for _ in range(count)]
     for run_id in run_ids:
         run = stack.client.wait_run(DAG, run_id, timeout=900)
-        assert run["state"] == "success", (run_id, run["state"])
+        assert run["state"] == "success", _failures(stack, run_id)
     return [ti for run_id in run_ids for ti in stack.client.task_instances(DAG, run_id)]
+
+
+def _failures(stack: ComposeStack, run_id: str) -> str:
+    """What a failed run reports: its failed steps and the end of their logs."""
+    lines = [f"run {run_id} failed"]
+    for ti in stack.client.task_instances(DAG, run_id):
+        if ti["state"] == "failed":
+            log = stack.client.task_log(DAG, run_id, ti["task_id"], ti["try_number"], ti["map_index"])
+            lines.append(f"--- {ti['task_id']}[{ti['map_index']}] try {ti['try_number']}:")
+            lines += log.splitlines()[-30:]
+    return "\n".join(lines)
 
 
 def _wait_balances(stack: ComposeStack, expected: dict[str, int], timeout: float = 120) -> None:
