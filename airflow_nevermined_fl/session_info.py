@@ -108,13 +108,24 @@ def stop_session(client: AirflowClient, dag_id: str, run_id: str, timeout: float
     teardowns = {t["task_id"] for t in tasks if t["trigger_rule"] == "all_done_setup_success"}
     mapped = {t["task_id"] for t in tasks if t["is_mapped"]}
     waits = {t["task_id"] for t in tasks if str(t["operator_name"]).endswith("Sensor")}  # stopped at once
-    client.note_run(dag_id, run_id, STOP_NOTE)
-    failed: list[str] = []
     deadline = time.monotonic() + timeout
+    while True:  # the note first: it says why the steps failed
+        try:
+            client.note_run(dag_id, run_id, STOP_NOTE)
+            break
+        except AirflowApiError as err:  # a busy database (SQLite: locked) answers 500: again
+            if err.status_code not in TRANSIENT or time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+    failed: list[str] = []
     while time.monotonic() < deadline:  # until every step ended: those expanded or started meanwhile too
+        tis = client.task_instances(dag_id, run_id)
+        if not tis:  # a run just triggered: the scheduler has not created its task instances yet
+            time.sleep(1)
+            continue
         pending = [
             ti
-            for ti in client.task_instances(dag_id, run_id)
+            for ti in tis
             if ti["state"] not in ENDED
             and ti["task_id"] not in teardowns
             # not a mapped step before its expansion: it fails upstream with what it maps over

@@ -199,10 +199,13 @@ def test_stop_right_after_run_refunds_whatever_was_locked(
     run = session("run", "--conf", _conf_file(tmp_path, stack.conf(session_timeout=40)))
     assert run.returncode == 0, run.stderr
     run_id = _run_id(run.stdout)
-    stop = session("stop", run_id, "--wait", timeout=400)
+    try:
+        stop = session("stop", run_id, "--wait", timeout=400)
+    finally:  # a stop that failed must not leave a session paying during the next tests on this stack
+        ended = api.client.wait_run(DAG, run_id, timeout=400)
     assert stop.returncode == 0, stop.stderr
     assert f"run {run_id} stopped: " in stop.stdout, stop.stdout
-    assert api.client.run(DAG, run_id)["state"] == "failed"
+    assert ended["state"] == "failed"
     states = {ti["task_id"]: ti["state"] for ti in api.client.task_instances(DAG, run_id)}
     assert states["publish_model"] in ("failed", "upstream_failed")
     # skipped or upstream_failed: stopped before any lock succeeded (Airflow's rule for a teardown)
