@@ -230,8 +230,8 @@ def _airflow_requirements() -> list[str]:
 
 
 def airflow_wheelhouse() -> Path:
-    """Wheels of Airflow (+ postgres) and this provider's dependencies, constrained to this environment's
-    versions (``constraints.txt``, ``requirements.txt`` beside them); cached by their hash."""
+    """Wheels of Airflow (+ postgres, celery) and this provider's dependencies, constrained to this
+    environment's versions (``constraints.txt``, ``requirements.txt`` beside them); cached by their hash."""
     constraints, requirements = _constraints(), "\n".join(_airflow_requirements()) + "\n"
     key = _digest([constraints, requirements.encode(), f"{sys.version_info[:2]}".encode()])
     target = cache_dir() / "wheelhouse-airflow" / key
