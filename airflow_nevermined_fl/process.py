@@ -7,7 +7,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -40,13 +40,20 @@ def wait_port(host: str, port: int, timeout: float, pid: int | None = None, what
     raise TimeoutError(f"{what} did not listen on {host}:{port} within {timeout:.0f}s")
 
 
-def pid_alive(pid: int) -> bool:
+def _exists(kill: Callable[[int, int], None], target: int) -> bool:
+    """Whether signal 0 reaches ``target`` by ``kill`` (``os.kill``: a process; ``os.killpg``: a group)."""
     try:
-        os.kill(pid, 0)
+        kill(target, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    return True
+
+
+def pid_alive(pid: int) -> bool:
+    if not _exists(os.kill, pid):
+        return False
     # A zombie child of ours counts as gone.
     try:
         done, _ = os.waitpid(pid, os.WNOHANG)
@@ -93,13 +100,7 @@ def stop(pid: int, timeout: float = 10.0) -> None:
 
 def group_alive(pgid: int) -> bool:
     """Whether any process of process group ``pgid`` exists."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return _exists(os.killpg, pgid)
 
 
 @contextmanager

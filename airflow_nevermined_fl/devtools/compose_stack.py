@@ -153,12 +153,9 @@ class ComposeStack:
 
     def providers(self) -> dict[str, Any]:
         """A session conf's ``coordinator`` and ``data_providers``, by their assets' DIDs."""
-        offers = list(self.offers().values())
-        (coordinator,) = [o for o in offers if o["type"] == "fl-coordinator"]
-        return {
-            "coordinator": {"did": coordinator["did"]},
-            "data_providers": [{"did": o["did"]} for o in offers if o["type"] == "fl-participant"],
-        }
+        from airflow_nevermined_fl.devtools.devstack.gateways import session_providers
+
+        return session_providers({"gateways": self.offers()})
 
     def balances(self) -> dict[str, int]:
         """Token balances in base units: the consumer and each provider by name."""

@@ -93,7 +93,8 @@ def build_base_image(
 ) -> str:
     """A minimal Debian image with ``packages`` (default: python3 + venv) by ``debootstrap`` -> ``docker
     import``; returns its name."""
-    name = f"{repository}:{_digest([SUITE.encode(), ','.join(packages).encode()])}"
+    tag = _digest([SUITE.encode(), ",".join(packages).encode()])
+    name = f"{repository}:{tag}"
     if image_exists(client, name):
         return name
     if not shutil.which("debootstrap"):
@@ -104,7 +105,6 @@ def build_base_image(
         include = ",".join(packages)
         _run(["debootstrap", "--variant=minbase", f"--include={include}", SUITE, str(root), mirror])
         with subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE) as tar:
-            repository, tag = name.split(":")
             client.import_image_from_stream(tar.stdout, repository=repository, tag=tag)
         if tar.returncode:
             raise ImageBuildError(f"tar of the base rootfs failed with exit code {tar.returncode}")
