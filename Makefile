@@ -1,10 +1,13 @@
-# airflow-nevermined-fl: `make demo` runs one real FL session through Airflow; `make test` runs the suite.
+# airflow-nevermined-fl: `make demo` runs one real FL session through Airflow; `make test` runs the suite;
+# `make test-fast` only the tests that need no service, no FL venv and no Node (tests/tiers.py).
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 DEVCHAIN := docker/devchain
 
-.PHONY: setup test demo down lint clean
+.PHONY: setup test test-fast demo down lint clean
+
+FAST_TIER := not (chain or s3 or airflow or docker or browser or k8s or runtime)
 
 $(BIN)/nvfl: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +27,9 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/pytest
+
+test-fast: $(BIN)/nvfl
+	$(BIN)/pytest -m "$(FAST_TIER)"
 
 demo: setup
 	$(BIN)/nvfl demo

@@ -123,6 +123,7 @@ def coordinator_main(
             "stallTimeout": conf["stall_timeout"],
             "sessionTimeout": conf["session_timeout"],
             "initialModel": conf["initial_model"],
+            "strategy": conf.get("strategy", {"name": "fedavg"}),
             "participants": sorted(participants),
         },
     }

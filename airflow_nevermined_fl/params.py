@@ -15,6 +15,7 @@ from airflow.sdk import Param
 
 from airflow_nevermined_fl.contracts.errors import InvalidInputError
 from airflow_nevermined_fl.contracts.units import positive_tokens
+from airflow_nevermined_fl.runtime.config import STRATEGIES, ConfigError, strategy_spec
 
 _CONN_ID = {"type": "string", "minLength": 1, "maxLength": 250}
 DID_PATTERN = "^did:nv:[0-9a-f]{64}$"
@@ -51,6 +52,19 @@ MODEL_SCHEMA: dict[str, Any] = {
 }
 
 
+STRATEGY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "name": {"enum": list(STRATEGIES), "description": "Server strategy."},
+        **{
+            key: {"type": "number"} for key in sorted({k for options in STRATEGIES.values() for k in options})
+        },
+    },
+    "required": ["name"],
+    "additionalProperties": False,
+}
+
+
 def defaults() -> dict[str, Any]:
     """Default session conf. Providers have no default: a DAG passes its own (e.g. the devstack's)."""
     return {
@@ -68,6 +82,7 @@ def defaults() -> dict[str, Any]:
         "stall_timeout": 60,
         "session_timeout": 900,
         "initial_model": None,
+        "strategy": {"name": "fedavg"},
     }
 
 
@@ -104,8 +119,13 @@ PROPERTIES: dict[str, tuple[dict[str, Any], str]] = {
         "Whole session limit (s); unreleased payments are refunded once it (and a margin) passed on chain.",
     ),
     "initial_model": (
-        {"type": ["string", "null"], "pattern": "^(s3://[^/]+/.+\\.npz|did:nv:[0-9a-f]{64})$"},
-        "Warm start: s3 URL of an .npz or a published model DID; empty for a fresh model.",
+        {"type": ["string", "null"], "pattern": "^did:nv:[0-9a-f]{64}$"},
+        "Warm start: a model DID this consumer published; empty for a fresh model.",
+    ),
+    "strategy": (
+        STRATEGY_SCHEMA,
+        "How each round's aggregate becomes the next global model: fedavg, fedprox (mu), fedavgm (eta, "
+        "momentum), fedadagrad (eta, tau), fedadam/fedyogi (eta, beta1, beta2, tau); defaults: Flower's.",
     ),
 }
 
@@ -154,6 +174,10 @@ def validate_conf(conf: dict[str, Any]) -> dict[str, Any]:
             full["max_price"] = positive_tokens(full["max_price"], "conf.max_price")
         except InvalidInputError as err:
             raise ConfError(str(err)) from None
+    try:
+        full["strategy"] = strategy_spec(full["strategy"], "conf.strategy").to_dict()
+    except ConfigError as err:
+        raise ConfError(str(err)) from None
     providers = full["data_providers"]
     dids = [full["coordinator"]["did"]] + [p["did"] for p in providers]
     for i, did in enumerate(dids):

@@ -1,7 +1,8 @@
 """Resolve a provider's compute asset DID: on-chain registry -> DDO (checksum verified) -> provider terms.
 
 Everything the consumer knows about a provider comes from here: the gateway endpoint, the provider's
-address (the DID's owner on chain) and its price (in token units). DDOs are fetched from the URL
+address (the DID's owner on chain) and its price (in units of the deployment's token: a DDO pricing in
+another token is refused). DDOs are fetched from the URL
 registered with the DID (the provider's gateway over http(s), or an ``s3://`` metadata store with the
 consumer's storage).
 """
@@ -31,7 +32,8 @@ class ResolveError(ValueError):
 @dataclass(frozen=True)
 class ProviderRef:
     """A provider's compute service, as its asset DID says (JSON-serializable through ``to_dict``);
-    ``price`` in token units, a plain decimal string."""
+    ``price`` in token units, a plain decimal string; ``policy``: what the provider runs (its DDO's
+    ``main.policy``, :mod:`.protocol.policy`; None from a provider publishing none)."""
 
     did: str
     name: str
@@ -40,6 +42,7 @@ class ProviderRef:
     endpoint: str
     price: str
     dataset: dict[str, Any] | None = None
+    policy: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,6 +92,12 @@ def resolve_provider(
         raise ResolveError(
             f"{did}: its DDO names provider {main.get('provider')}, the DID's owner is {record.owner}"
         )
+    token = str(service.get("token", ""))
+    if token.lower() != keeper.token_address.lower():
+        raise ResolveError(
+            f"{did}: its DDO's price is in token {token or None}, not in this deployment's token "
+            f"{keeper.token_address}"
+        )
     try:
         price = positive_tokens(service.get("price"), f"{did}: its DDO's price")
     except InvalidInputError as err:
@@ -101,4 +110,5 @@ def resolve_provider(
         endpoint=str(service.get("endpoint", "")).rstrip("/"),
         price=price,
         dataset=main.get("dataset"),
+        policy=main.get("policy"),
     )

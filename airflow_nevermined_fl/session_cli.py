@@ -127,12 +127,15 @@ def _number(value: Any, fmt: str = ".4f") -> str:
 
 
 def render_round(r: dict[str, Any]) -> str:
-    """One round's line (from the XComs or, live, the coordinator)."""
+    """One round's line (from the XComs or, live, the coordinator): "accuracy" is the global model's (scored
+    by the participants on held-out rows), then the locally trained weights'."""
     who = r.get("participants", r.get("n_samples"))
     kind = "participants" if "participants" in r else "samples"
     extra = f"  {who} {kind}" if who is not None else ""
     return (
-        f"round {r['round']}: loss {_number(r.get('loss'))}  accuracy {_number(r.get('accuracy'))}"
+        f"round {r['round']}: accuracy {_number(r.get('global_accuracy'))}"
+        f"  loss {_number(r.get('global_loss'))}"
+        f"  (local training: accuracy {_number(r.get('accuracy'))}  loss {_number(r.get('loss'))})"
         f"{extra}  {_number(r.get('duration'), '.2f')}s"
     )
 

@@ -15,6 +15,9 @@ RUNNING = ("running", "restarting")
 TRANSIENT = (409, 500, 503)
 """A failed PATCH that the next pass of a stop tries again: the step ended meanwhile, a busy database."""
 STOP_NOTE = "stopped with `nvfl session stop`"
+ROUND_KEYS = ("round", "global_accuracy", "global_loss", "accuracy", "loss", "n_samples", "duration")
+"""A round in a summary: the global model's federated evaluation (``global_*``: scored by the participants
+on held-out rows before training on it), the locally trained weights' ``accuracy``/``loss``, the round."""
 
 
 def task_key(ti: dict[str, Any]) -> str:
@@ -23,7 +26,8 @@ def task_key(ti: dict[str, Any]) -> str:
 
 
 def rounds_result(client: AirflowClient, dag_id: str, run_id: str) -> dict[str, Any] | None:
-    """``wait_for_rounds``'s XCom (``rounds_metrics``, ``final_accuracy``), None until it succeeded."""
+    """``wait_for_rounds``'s XCom (``rounds_metrics``, ``final_accuracy``: the last global model's federated
+    evaluation, ``final_train_accuracy``), None until it succeeded."""
     try:
         return client.xcom(dag_id, run_id, "wait_for_rounds")
     except AirflowApiError as err:
@@ -66,11 +70,9 @@ def session_summary(client: AirflowClient, dag_id: str, run_id: str) -> dict[str
     ]
     if "wait_for_rounds" in done:
         result = client.xcom(dag_id, run_id, "wait_for_rounds")
-        summary["rounds"] = [
-            {k: r.get(k) for k in ("round", "loss", "accuracy", "n_samples", "duration")}
-            for r in result["rounds_metrics"]
-        ]
+        summary["rounds"] = [{k: r.get(k) for k in ROUND_KEYS} for r in result["rounds_metrics"]]
         summary["final_accuracy"] = result["final_accuracy"]
+        summary["final_train_accuracy"] = result.get("final_train_accuracy")
     if "publish_workflow" in done:
         summary["workflow"] = client.xcom(dag_id, run_id, "publish_workflow")
     for key in ("model_did", "model_url", "model_sha256", "ddo_url"):

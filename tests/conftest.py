@@ -1,5 +1,6 @@
 """Shared pytest setup: every test runs with its own state dir so it never touches a user's devstack;
-one real SeaweedFS (free ports) and one headless browser (``browser.py``) for the whole test session."""
+one real SeaweedFS (free ports) and one headless browser (``browser.py``) for the whole test session; every
+test marked with what it needs, and a fast-tier test kept from reaching a service (``tiers.py``)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,31 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import tiers
 
 if TYPE_CHECKING:
     from browser import Screenshots
     from playwright.sync_api import Browser
+
+
+def pytest_configure() -> None:
+    tiers.install()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    tiers.classify(items)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    with tiers.guarded(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    with tiers.guarded(item):
+        return (yield)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -14,8 +14,10 @@ import pytest
 KUBECONFIG = os.environ.get("NVFL_TEST_KUBECONFIG")
 HOST_IP = os.environ.get("NVFL_TEST_K8S_HOST_IP")
 
-# A test module's ``pytestmark``: skip (with the reason) unless a cluster is configured.
+# A test module's ``pytestmark``: needs a cluster (``k8s``, out of the fast tier); skip (with the reason)
+# unless one is configured.
 REQUIRED = [
+    pytest.mark.k8s,
     pytest.mark.skipif(
         not KUBECONFIG,
         reason="no Kubernetes cluster: set NVFL_TEST_KUBECONFIG (kind or k3s, see docs/kubernetes.md)",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from web3 import Web3
 
@@ -23,6 +23,14 @@ from airflow_nevermined_fl.contracts.values import (
 )
 
 CONDITION_STATES = ("uninitialized", "unfulfilled", "fulfilled", "aborted")
+
+
+class ConditionTerms(NamedTuple):
+    """A condition's on-chain time terms, in blocks."""
+
+    time_lock: int
+    time_out: int
+    created: int
 
 
 class AgreementsMixin(DidRegistryMixin):
@@ -202,13 +210,14 @@ class AgreementsMixin(DidRegistryMixin):
         *,
         consumer: str,
         did: str,
-        amount: int,
-        min_time_out: int = 0,
+        amount: int | None,
+        min_blocks_left: int = 1,
     ) -> ComputeAgreement:
         """A provider's check before it computes: the agreement exists under the compute template with
-        these terms (``consumer``; ``did``; ``amount`` paid to this account alone), its payment is locked,
-        its compute condition is open (not fulfilled, aborted or timed out) and, on chain, times out no
-        sooner than ``min_time_out`` blocks after its creation (the consumer cannot refund before)."""
+        these terms (``consumer``; ``did``; ``amount`` paid to this account alone, unless ``amount`` is
+        None: another provider's agreement), its payment is locked, its compute condition is open (not
+        fulfilled, aborted or timed out) with at least ``min_blocks_left`` blocks before it times out, and
+        its conditions' time locks and time-outs, read on chain, let the provider be paid (:meth:`terms`)."""
         a = self._checked(agreement)
         template = self._c("AgreementStoreManager").functions.getAgreementTemplate(
             bytes32(a.agreement_id, "agreement_id")
@@ -219,7 +228,11 @@ class AgreementsMixin(DidRegistryMixin):
             raise InvalidInputError(f"agreement.consumer: {a.consumer} is not the caller {consumer}")
         if did_bytes(a.did) != did_bytes(did):
             raise InvalidInputError(f"agreement.did: {a.did} is not this provider's asset {did}")
-        if (a.provider, a.receivers, a.amounts) != (self.address, [self.address], [amount]):
+        if amount is not None and (a.provider, a.receivers, a.amounts) != (
+            self.address,
+            [self.address],
+            [amount],
+        ):
             raise InvalidInputError(
                 f"agreement: pays {a.amounts} to {a.receivers}; expected [{amount}] to [{self.address}]"
             )
@@ -229,13 +242,38 @@ class AgreementsMixin(DidRegistryMixin):
         if states["compute"] != "unfulfilled" or self._timed_out(a.compute_condition_id):
             state = "timed out" if states["compute"] == "unfulfilled" else states["compute"]
             raise StateError(f"compute of {a.agreement_id} is {state}: nothing to execute")
-        time_out, _ = self._compute_time_out(a)
-        if 0 < time_out < min_time_out:  # 0: never times out, never refundable
+        left = self.blocks_left(a)
+        if left < min_blocks_left:
             raise StateError(
-                f"compute of {a.agreement_id} times out after {time_out} blocks, before the session could "
-                f"end ({min_time_out} blocks needed): the consumer could refund finished work"
+                f"compute of {a.agreement_id} times out in {left} blocks, before the session could end "
+                f"({min_blocks_left} blocks needed): the consumer could refund finished work"
             )
         return a
+
+    def blocks_left(self, agreement: ComputeAgreement | dict[str, Any]) -> int:
+        """Blocks before the agreement's compute condition times out (after them the consumer may refund),
+        once its conditions' on-chain terms are checked: a compute time-out (0 never refundable, a
+        stranded payment), no compute time lock (it would hold the provider's fulfilment), an escrow
+        without time-out and a release delay no longer than the compute time-out (``StateError``)."""
+        a = self._checked(agreement)
+        compute = self._condition(a.compute_condition_id)
+        escrow = self._condition(a.escrow_condition_id)
+        refused = None
+        if compute.time_out == 0:
+            refused = "compute time-out 0: never refundable, a failed provider would strand the payment"
+        elif compute.time_lock:
+            refused = f"compute time lock {compute.time_lock} blocks: the provider could not settle before"
+        elif escrow.time_out:
+            refused = f"escrow time-out {escrow.time_out} blocks: the release could be aborted"
+        elif escrow.time_lock > compute.time_out:
+            refused = (
+                f"escrow time lock {escrow.time_lock} blocks, longer than the compute time-out "
+                f"{compute.time_out}: the provider's payment would be held"
+            )
+        if refused:
+            raise StateError(f"agreement {a.agreement_id}: {refused}")
+        current = int(self._c("ConditionStoreManager").functions.getCurrentBlockNumber().call())
+        return compute.created + compute.time_out - current
 
     def refund_block(self, agreement: ComputeAgreement | dict[str, Any]) -> int | None:
         """The last block before the agreement's compute condition times out (a refund is possible from
@@ -243,11 +281,16 @@ class AgreementsMixin(DidRegistryMixin):
         time_out, created = self._compute_time_out(self._checked(agreement))
         return created + time_out if time_out else None
 
+    def _condition(self, condition_id: str) -> ConditionTerms:
+        """A condition's time lock, time-out and creation block, as stored on chain."""
+        stored = self._c("ConditionStoreManager").functions.getCondition(bytes32(condition_id, "id")).call()
+        _, _, time_lock, time_out, created = stored
+        return ConditionTerms(int(time_lock), int(time_out), int(created))
+
     def _compute_time_out(self, a: ComputeAgreement) -> tuple[int, int]:
         """``(time_out, created block)`` of the agreement's compute condition, as stored on chain."""
-        condition = bytes32(a.compute_condition_id, "id")
-        _, _, _, time_out, created = self._c("ConditionStoreManager").functions.getCondition(condition).call()
-        return time_out, created
+        compute = self._condition(a.compute_condition_id)
+        return compute.time_out, compute.created
 
     def token_balance(self, address: str) -> int:
         return int(self._c("NeverminedToken").functions.balanceOf(address_of(address, "address")).call())

@@ -122,7 +122,8 @@ class BareSession:
                 return None
             return RuntimeError(f"coordinator exited {process.exit_code}: {launcher.logs(coordinator, 5)}")
 
-        return status.wait(f"http://{coordinator.endpoints['status']}", until, gone, timeout, what, poll)
+        url, cert = f"https://{coordinator.endpoints['status']}", self.channel.pair.cert_pem
+        return status.wait(url, until, gone, timeout, what, poll, cert=cert)
 
     def start_participants(self, coordinator: Workload) -> list[Workload]:
         started = []

@@ -154,6 +154,7 @@ def _session_local(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         s3_endpoint=args.s3_endpoint,
         bucket=args.bucket,
+        strategy=args.strategy,
     )
     try:
         report = session.run()
@@ -194,6 +195,11 @@ def _add_session(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
     parser.add_argument("--s3-endpoint", help="S3 endpoint (default: the devstack's SeaweedFS)")
     parser.add_argument("--bucket", help="S3 bucket (with --s3-endpoint; keys from AWS_* variables)")
+    parser.add_argument(
+        "--strategy",
+        type=json.loads,
+        help='server strategy as JSON, e.g. \'{"name": "fedadam", "eta": 0.1}\' (default: fedavg)',
+    )
     _json_flag(parser)
 
 

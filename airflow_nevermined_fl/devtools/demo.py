@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_nevermined_fl.client import AirflowClient
 from airflow_nevermined_fl.devtools import devstack
+from airflow_nevermined_fl.session_cli import render_round
 from airflow_nevermined_fl.session_info import session_summary
 
 if TYPE_CHECKING:
@@ -125,11 +126,7 @@ def render(result: dict[str, Any]) -> str:
     """Human-readable summary."""
     head = f"FL session {result['run_id']} of DAG {result['dag_id']}"
     lines = [f"{head}: {result['state']} in {result['duration_s']}s"]
-    for r in result.get("rounds", []):
-        lines.append(
-            f"  round {r['round']}: loss {r['loss']:.4f}  accuracy {r['accuracy']:.4f}  "
-            f"samples {r['n_samples']}  {r['duration']:.2f}s"
-        )
+    lines += [f"  {render_round(r)}" for r in result.get("rounds", [])]
     if result.get("final_accuracy") is not None:
         lines.append(f"final accuracy: {result['final_accuracy']:.4f}")
     if result.get("model_did"):

@@ -17,6 +17,7 @@ from eth_account import Account
 from airflow_nevermined_fl.gateway.channel import KeyPair, coordinator_files, coordinator_grants, key_pair
 from airflow_nevermined_fl.runtime.channel import issue
 from airflow_nevermined_fl.runtime.config import ChannelSpec, SeatSpec, StorageSpec
+from airflow_nevermined_fl.runtime.storage import DEFAULT_MAX_BYTES
 
 GRANT_SECONDS = 6 * 3600
 
@@ -39,14 +40,18 @@ class SessionChannel:
         session_id: str,
         max_samples: list[int],
         initial_model: str | None = None,
+        upload_bytes: int = DEFAULT_MAX_BYTES,
     ) -> SessionChannel:
-        """A channel for ``len(max_samples)`` participants whose datasets declare those rows."""
+        """A channel for ``len(max_samples)`` participants whose datasets declare those rows, each upload
+        at most ``upload_bytes`` (default: any model's, see :func:`upload_limit`)."""
         keys = ["0x" + os.urandom(32).hex() for _ in max_samples]
         seats = tuple(
             SeatSpec(Account.from_key(key).address.lower(), rows)
             for key, rows in zip(keys, max_samples, strict=True)
         )
-        grants = coordinator_grants(s3, storage.bucket, storage.prefix, seats, GRANT_SECONDS, initial_model)
+        grants = coordinator_grants(
+            s3, storage.bucket, storage.prefix, seats, GRANT_SECONDS, initial_model, upload_bytes
+        )
         return cls(session_id, key_pair(session_id, GRANT_SECONDS), keys, seats, grants)
 
     @property

@@ -24,7 +24,7 @@ from airflow_nevermined_fl.devtools.session_channel import SessionChannel, write
 from airflow_nevermined_fl.gateway.launchers.base import PEER_CERT_FILE, SEAT_FILE
 from airflow_nevermined_fl.paths import state_dir
 from airflow_nevermined_fl.runtime import status as coordinator_status
-from airflow_nevermined_fl.runtime.config import ModelSpec, SessionConfig, StorageSpec
+from airflow_nevermined_fl.runtime.config import ModelSpec, SessionConfig, StorageSpec, strategy_spec
 from airflow_nevermined_fl.runtime.workload import (
     COORDINATOR_MODULE,
     PARTICIPANT_MODULE,
@@ -96,12 +96,15 @@ class RuntimeProcess:
 
 @dataclass
 class Coordinator:
+    """``cert``: the session certificate its ``https`` status endpoint must present (None: ``stock_sdk``)."""
+
     process: RuntimeProcess
     grpc: str
     status_url: str
+    cert: str | None = None
 
     def status(self) -> dict[str, Any]:
-        return coordinator_status.fetch(self.status_url)
+        return coordinator_status.fetch(self.status_url, cert=self.cert)
 
 
 def start_coordinator(
@@ -137,7 +140,8 @@ def start_coordinator(
             raise SessionLocalError(f"coordinator not ready within {timeout:.0f}s: {proc.tail(5)}")
         time.sleep(0.05)
     ready = json.loads(ready_file.read_text())
-    return Coordinator(proc, ready["grpc"], ready["status_url"])
+    cert = channel.pair.cert_pem if channel is not None else None
+    return Coordinator(proc, ready["grpc"], ready["status_url"], cert)
 
 
 def start_participant(
@@ -185,6 +189,7 @@ def wait_ended(coordinator: Coordinator, timeout: float, poll: float = 0.1) -> d
         "session not ended",
         poll,
         5.0,
+        coordinator.cert,
     )
 
 
@@ -240,11 +245,17 @@ class LocalSession:
     s3_endpoint: str | None = None
     bucket: str | None = None
     participant_args: tuple[str, ...] = field(default_factory=tuple)
+    strategy: dict[str, Any] | None = None
 
     def run(self) -> dict[str, Any]:
         """Run the session to its end; returns the JSON report. Every started process is stopped."""
         if self.participants < 1:
             raise SessionLocalError(f"--participants: expected an integer >= 1, got {self.participants}")
+        try:
+            strategy = strategy_spec(self.strategy, "--strategy")
+        except ValueError as exc:
+            raise SessionLocalError(str(exc)) from None
+        mu = ("--proximal-mu", str(strategy.options["mu"])) if strategy.name == "fedprox" else ()
         endpoint, bucket, env = _s3_settings(self.s3_endpoint, self.bucket)
         session_id = f"local-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         workdir = state_dir() / "sessions" / session_id
@@ -271,6 +282,7 @@ class LocalSession:
             storage=storage,
             model=ModelSpec.of(datasets.softmax_model(manifest)) if builtin else ModelSpec(),
             channel=channel.spec,
+            strategy=strategy,
         )
         started = time.monotonic()
         procs: list[RuntimeProcess] = []
@@ -288,7 +300,7 @@ class LocalSession:
                         workdir,
                         self.heartbeat,
                         self.model,
-                        (*self.participant_args, "--seed", str(self.seed + index)),
+                        (*self.participant_args, *mu, "--seed", str(self.seed + index)),
                     )
                 )
             status = wait_ended(coordinator, self.timeout)
@@ -310,6 +322,7 @@ class LocalSession:
             "rounds": self.rounds,
             "rounds_completed": status["rounds_completed"],
             "rounds_metrics": status["rounds_metrics"],
+            "strategy": strategy.to_dict(),
             "refused_uploads": status["refused_uploads"],
             "final_accuracy": evaluation.get("accuracy"),
             "final_loss": evaluation.get("loss"),

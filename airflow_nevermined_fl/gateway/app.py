@@ -3,7 +3,9 @@
 Public: ``GET /api/v1/info`` and ``GET /api/v1/ddo/{did}``. Signed (:mod:`.auth`), for the agreement's
 consumer only: ``POST compute/execute/{agreement_id}``, ``GET compute/status/{id}``,
 ``GET compute/logs/{id}?tail=N|follow=true``, ``POST compute/stop/{id}``. Every error is JSON
-``{"detail": ...}``; refusals are logged at WARNING, never with a secret.
+``{"detail": ...}``; refusals are logged at WARNING, never with a secret. Before any body is read, the
+requests pass :class:`~.limits.BoundedRequests` (headers, size, rate); once the caller is known, its own
+rate and its concurrent log follows are bounded (429) and ``info`` is answered from a short cache.
 """
 
 from __future__ import annotations
@@ -26,7 +28,17 @@ from airflow_nevermined_fl.gateway.checks import Refusal, offers
 from airflow_nevermined_fl.gateway.config import GatewayConfig, GatewayConfigError
 from airflow_nevermined_fl.gateway.executions import Executions
 from airflow_nevermined_fl.gateway.launchers import Launcher, get_launcher
-from airflow_nevermined_fl.gateway.publish import asset_ddo
+from airflow_nevermined_fl.gateway.limits import (
+    FLOOD_STATUSES,
+    BoundedRequests,
+    Cached,
+    RateLimit,
+    RefusalLog,
+    Slots,
+    released,
+)
+from airflow_nevermined_fl.gateway.nonces import NonceStore
+from airflow_nevermined_fl.gateway.publish import asset_ddo, published_at
 from airflow_nevermined_fl.gateway.resources import Provider
 from airflow_nevermined_fl.protocol import API, auth
 
@@ -34,6 +46,14 @@ log = logging.getLogger(__name__)
 
 BACKEND_CONN_ID = "nvfl_gateway_backend"
 MAX_TAIL = 10_000
+MAX_FOLLOWS = 8
+"""Concurrent ``follow=true`` log streams per consumer."""
+PER_CALLER_RATE, PER_CALLER_BURST = 20.0, 60.0
+"""Signed requests per second per signer, and the burst allowed above it."""
+INFO_SECONDS = 2.0
+"""How long an ``info`` answer is served from cache."""
+MAX_CONNECTIONS = 512
+"""Concurrent connections (and tasks) the server takes; past it, 503."""
 
 
 @dataclass(frozen=True)
@@ -45,20 +65,25 @@ class Signed:
 
 
 async def signed(request: Request) -> Signed:
-    """The request's signer (401 when the signature does not hold), for this gateway as the audience."""
+    """The request's signer (401 when the signature does not hold) for this gateway, chain and URL as the
+    audience; 429 past the signer's request rate."""
     body, state = await request.body(), request.app.state
     try:
-        caller = auth.verify(
+        caller = await run_in_threadpool(
+            auth.verify,
             request.headers,
             request.method,
             request.url.path,
-            state.provider.address,
+            request.url.query,
+            state.audience,
             body,
-            state.guard,
+            state.nonces,
             state.config.auth_max_age,
         )
     except auth.AuthError as exc:
         raise Refusal(401, str(exc)) from None
+    if not state.per_caller.allow(caller):
+        raise Refusal(429, f"too many requests from {caller}; slow down")
     return Signed(caller, body)
 
 
@@ -88,8 +113,10 @@ def create_app(config: GatewayConfig) -> FastAPI:
     executions = Executions(provider, launcher_for(config))
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await run_in_threadpool(provider.keeper.get_conn)  # fail at start on a wrong chain or deployment
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        signer = await run_in_threadpool(provider.keeper.get_conn)  # fail at start on a wrong chain
+        chain_id = await run_in_threadpool(lambda: signer.w3.eth.chain_id)
+        app.state.audience = auth.Audience(chain_id, provider.address, config.url())
         stop = threading.Event()
         monitor = threading.Thread(
             target=executions.monitor, args=(stop,), name="gateway-monitor", daemon=True
@@ -103,13 +130,25 @@ def create_app(config: GatewayConfig) -> FastAPI:
         finally:
             stop.set()
             monitor.join(timeout=10)
+            app.state.nonces.close()
 
     app = FastAPI(title=f"nvfl gateway {config.name}", version=__version__, lifespan=lifespan)
-    app.state.config, app.state.provider, app.state.guard = config, provider, auth.ReplayGuard()
+    app.state.config, app.state.provider = config, provider
+    app.state.nonces = NonceStore(config.state_dir / "nonces.sqlite")
+    app.state.per_caller = RateLimit(rate=PER_CALLER_RATE, burst=PER_CALLER_BURST)
+    follows = Slots(MAX_FOLLOWS, "log follows")
+    app.add_middleware(BoundedRequests)
+
+    flood_log = RefusalLog()
 
     @app.exception_handler(Refusal)
     async def refused(request: Request, exc: Refusal) -> JSONResponse:
-        log.warning("refused %s %s (HTTP %d): %s", request.method, request.url.path, exc.status, exc.detail)
+        if exc.status in FLOOD_STATUSES:
+            flood_log.note(exc.status, f"{request.method} {request.url.path}: {exc.detail}")
+        else:
+            log.warning(
+                "refused %s %s (HTTP %d): %s", request.method, request.url.path, exc.status, exc.detail
+            )
         return JSONResponse({"detail": exc.detail}, status_code=exc.status)
 
     @app.exception_handler(Exception)
@@ -117,8 +156,13 @@ def create_app(config: GatewayConfig) -> FastAPI:
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
         return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
 
+    info_cache = Cached(INFO_SECONDS)
+
     @app.get(f"{API}/info")
     def info() -> dict[str, Any]:
+        return info_cache.get(fresh_info, key=published_at(config))  # a publish shows at once
+
+    def fresh_info() -> dict[str, Any]:
         healthy, running = executions.backend_healthy(), executions.running()
         # What would make an execute fail now makes every service not ready, before anyone pays for it.
         busy = None if running < config.max_executions else f"at capacity ({running} executions running)"
@@ -134,6 +178,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
                     "price": o.service.price,
                     "ready": reason is None,
                     "reason": reason,
+                    "policy": o.service.policy.public(),
                 }
             )
         return {
@@ -143,7 +188,11 @@ def create_app(config: GatewayConfig) -> FastAPI:
             "chain_id": provider.chain_id,
             "services": services,
             "backend": {"type": config.backend, "healthy": healthy},
-            "capacity": {"max_executions": config.max_executions, "running": running},
+            "capacity": {
+                "max_executions": config.max_executions,
+                "max_executions_per_consumer": config.max_executions_per_consumer,
+                "running": running,
+            },
         }
 
     @app.get(f"{API}/ddo/{{did}}")
@@ -159,7 +208,10 @@ def create_app(config: GatewayConfig) -> FastAPI:
             body = json.loads(request.body or b"null")
         except ValueError:
             raise Refusal(400, "body: not JSON") from None
-        return executions.execute(request.caller, agreement_id, body).status()
+        try:
+            return executions.execute(request.caller, agreement_id, body).status()
+        finally:
+            info_cache.clear()  # capacity may have changed
 
     @app.get(f"{API}/compute/status/{{agreement_id}}")
     def status(agreement_id: str, request: Caller) -> dict[str, Any]:
@@ -171,14 +223,19 @@ def create_app(config: GatewayConfig) -> FastAPI:
     ) -> dict[str, str] | StreamingResponse:
         execution = executions.authorized(request.caller, agreement_id)
         if follow:
-            return StreamingResponse(executions.follow(execution), media_type="text/plain")
+            follows.take(request.caller)
+            lines = released(executions.follow(execution), lambda: follows.give(request.caller))
+            return StreamingResponse(lines, media_type="text/plain")
         if not 1 <= tail <= MAX_TAIL:
             raise Refusal(400, f"tail: expected 1..{MAX_TAIL} lines, got {tail}")
         return {"logs": executions.logs(execution, tail)}
 
     @app.post(f"{API}/compute/stop/{{agreement_id}}")
     def stop(agreement_id: str, request: Caller) -> dict[str, Any]:
-        return executions.stop(request.caller, agreement_id).status()
+        try:
+            return executions.stop(request.caller, agreement_id).status()
+        finally:
+            info_cache.clear()
 
     return app
 
@@ -198,4 +255,5 @@ def serve(config: GatewayConfig) -> None:
         ssl_certfile=str(config.tls_cert) if config.tls_cert else None,
         ssl_keyfile=str(config.tls_key) if config.tls_key else None,
         log_level="info",
+        limit_concurrency=MAX_CONNECTIONS,
     )

@@ -2,10 +2,11 @@
 
 The coordinator's provider generates the session's TLS key pair at launch (the key reaches the coordinator
 only, as a secret file) and grants it storage: presigned URLs for exactly the session's objects, valid for
-the session's time-out (:func:`coordinator_grants`), so that no workload holds a storage key. A data
-provider's gateway gives its participant the coordinator's certificate (from the announcement signed by the
-coordinator's provider), a seat ticket signed with the provider's key, and a presigned URL of its dataset
-when the dataset is on S3.
+the session's time-out (:func:`coordinator_grants`), so that no workload holds a storage key (a
+participant's upload grant: a presigned POST that the storage refuses for a body larger than the model's).
+A data provider's gateway gives its participant the coordinator's certificate (from the announcement
+signed by the coordinator's provider), a seat ticket signed with the provider's key, and a presigned URL
+of its dataset when the dataset is on S3.
 """
 
 from __future__ import annotations
@@ -73,19 +74,38 @@ def _presign(s3: Any, method: str, bucket: str, key: str, expires: int) -> str:
     return s3.generate_presigned_url(action, Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires)
 
 
+def _presign_post(s3: Any, bucket: str, key: str, max_bytes: int, expires: int) -> dict[str, Any]:
+    """A presigned POST of ``key`` (``{"url", "fields"}``): its signed policy names the object and bounds
+    the body to 1..``max_bytes`` bytes, so the storage refuses a larger one."""
+    form: dict[str, Any] = s3.generate_presigned_post(
+        bucket, key, Conditions=[["content-length-range", 1, max_bytes]], ExpiresIn=expires
+    )
+    return form
+
+
 def coordinator_grants(
-    s3: Any, bucket: str, prefix: str, seats: tuple[SeatSpec, ...], expires: int, initial_model: str | None
+    s3: Any,
+    bucket: str,
+    prefix: str,
+    seats: tuple[SeatSpec, ...],
+    expires: int,
+    initial_model: str | None,
+    upload_bytes: int,
 ) -> dict[str, Any]:
     """The coordinator's ``grants.json``: read and write the global model, read each seat's upload (and
-    write it: the coordinator passes that grant on to the seat's participant), write the final model;
-    read the warm-start model."""
+    write it, at most ``upload_bytes``: the coordinator passes that grant on to the seat's participant),
+    write the final model; read the warm-start model."""
     prefix = prefix.strip("/") + "/"
     names = {GLOBAL_KEY: ("get", "put"), MODEL_KEY: ("put",), METADATA_KEY: ("put",)}
-    names |= {upload_key(participant_id(seat.address)): ("get", "put") for seat in seats}
-    objects = {
+    objects: dict[str, dict[str, Any]] = {
         name: {method: _presign(s3, method, bucket, prefix + name, expires) for method in methods}
         for name, methods in names.items()
     }
+    for name in (upload_key(participant_id(seat.address)) for seat in seats):
+        objects[name] = {
+            "get": _presign(s3, "get", bucket, prefix + name, expires),
+            "post": _presign_post(s3, bucket, prefix + name, upload_bytes, expires),
+        }
     grants: dict[str, Any] = {"objects": objects}
     if initial_model:
         grants["initial_model"] = {"get": _presign(s3, "get", *split_url(initial_model), expires)}

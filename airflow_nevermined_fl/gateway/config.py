@@ -13,8 +13,10 @@
   "storage": {"endpoint_url": "http://127.0.0.1:8333", "bucket": "nvfl", "region_name": "us-east-1",
               "credentials_file": "/etc/nvfl/s3.json"},   # {"access_key", "secret_key"}, mode 0600
   "services": [{"name": "provider-1", "type": "fl-participant", "price": "5",   # tokens, e.g. "0.25"
-                "dataset": "/data/provider-1.npz"}],      # or "s3://bucket/key.npz"; never published
+                "dataset": "/data/provider-1.npz",        # or "s3://bucket/key.npz"; never published
+                "policy": {...}}],                        # what it runs: protocol/policy.py (defaults)
   "max_executions": 8,
+  "max_executions_per_consumer": 4,                 # running executions of one consumer address
   "auth_max_age": 120
 }
 ```
@@ -23,6 +25,9 @@ Plain HTTP is allowed only on a loopback address; anything else needs ``tls_cert
 The kubernetes backend needs its ``connection``; its pods see none of the gateway's files, so its datasets
 are ``s3://`` URLs (or on the connection's ``extra.nvfl.dataset_volume``).
 Secret files (key, storage credentials) must not be readable by group or others.
+A service's ``policy`` (images, models, bounds, resources, log visibility; :mod:`..protocol.policy`) is
+published in its asset DDO and enforced before every launch; a container backend's pins are digests
+(kubernetes: ``repo@sha256:...``).
 A service's ``price`` is in token units (a decimal string, or a JSON number read through its text); the
 gateway converts it to base units with the token's ``decimals()`` when it publishes and checks agreements.
 """
@@ -39,6 +44,7 @@ from airflow_nevermined_fl.contracts.errors import InvalidInputError
 from airflow_nevermined_fl.contracts.timeouts import DEFAULT_BLOCK_TIME
 from airflow_nevermined_fl.contracts.units import positive_tokens
 from airflow_nevermined_fl.netaddr import is_loopback
+from airflow_nevermined_fl.protocol.policy import Policy
 
 ServiceType = Literal["fl-coordinator", "fl-participant"]
 SERVICE_TYPES: tuple[str, ...] = ("fl-coordinator", "fl-participant")
@@ -58,6 +64,7 @@ class Service:
     type: ServiceType
     price: str
     dataset: str | None = None
+    policy: Policy = field(default_factory=Policy)
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,7 @@ class GatewayConfig:
     backend: str = "local"
     backend_connection: dict[str, Any] | None = None
     max_executions: int = 8
+    max_executions_per_consumer: int = 4
     auth_max_age: float = 120.0
 
     @property
@@ -139,7 +147,18 @@ def _get(
     return value
 
 
-def _service(data: Any, i: int) -> Service:
+def _policy(data: Any, where: str, backend: str) -> Policy:
+    try:
+        policy = Policy.parse(data, f"{where}policy")
+    except ValueError as err:
+        raise GatewayConfigError(str(err)) from None
+    for name, pin in policy.images.items():
+        if backend == "kubernetes" and pin is not None and "@" not in pin:
+            raise GatewayConfigError(f"{where}policy.images.{name}: kubernetes pins are repo@sha256:<digest>")
+    return policy
+
+
+def _service(data: Any, i: int, backend: str) -> Service:
     where = f"services[{i}]."
     if not isinstance(data, dict):
         raise GatewayConfigError(f"services[{i}]: expected an object")
@@ -156,7 +175,10 @@ def _service(data: Any, i: int) -> Service:
             raise GatewayConfigError(f"{where}dataset: required for an fl-participant service")
         if not (dataset.startswith("s3://") or dataset.startswith("/")):
             raise GatewayConfigError(f"{where}dataset: expected s3://bucket/key.npz or an absolute path")
-    return Service(name=_get(data, "name", str, where), type=kind, price=price, dataset=dataset)
+    policy = _policy(data.get("policy"), where, backend)
+    return Service(
+        name=_get(data, "name", str, where), type=kind, price=price, dataset=dataset, policy=policy
+    )
 
 
 def _block_time(chain: dict[str, Any]) -> float:
@@ -200,6 +222,9 @@ def parse(data: dict[str, Any]) -> GatewayConfig:
     max_executions = _get(data, "max_executions", int, "", 8)
     if max_executions < 1:
         raise GatewayConfigError("max_executions: must be at least 1")
+    per_consumer = _get(data, "max_executions_per_consumer", int, "", 4)
+    if per_consumer < 1:
+        raise GatewayConfigError("max_executions_per_consumer: must be at least 1")
     return GatewayConfig(
         name=_get(data, "name", str, ""),
         key_file=Path(_get(data, "key_file", str, "")),
@@ -214,7 +239,7 @@ def parse(data: dict[str, Any]) -> GatewayConfig:
             credentials_file=Path(_get(storage, "credentials_file", str, "storage.")),
             region_name=_get(storage, "region_name", str, "storage.", "us-east-1"),
         ),
-        services=tuple(_service(s, i) for i, s in enumerate(services)),
+        services=tuple(_service(s, i, backend_type) for i, s in enumerate(services)),
         host=host,
         port=_get(listen, "port", int, "listen.", 0),
         tls_cert=Path(tls_cert) if tls_cert else None,
@@ -223,6 +248,7 @@ def parse(data: dict[str, Any]) -> GatewayConfig:
         backend=backend_type,
         backend_connection=backend_connection,
         max_executions=max_executions,
+        max_executions_per_consumer=per_consumer,
         auth_max_age=float(_get(data, "auth_max_age", (int, float), "", 120.0)),
     )
 

@@ -1,9 +1,10 @@
 """Publish a gateway's services: one compute asset DDO per service, its DID registered on chain.
 
 The DDO is served by the gateway itself (``GET /api/v1/ddo/{did}``) and registered with that URL. A
-participant asset describes its dataset (features, classes, rows), never where the data is. The DID's seed
-is the checksum of the asset's ``main`` block, so publishing unchanged services again sends no transaction,
-and a changed service (price, endpoint, data) becomes a new asset.
+participant asset describes its dataset (features, classes, rows), never where the data is; every asset
+publishes its service's policy (``main.policy``: what the gateway runs, :mod:`..protocol.policy`). The
+DID's seed is the checksum of the asset's ``main`` block, so publishing unchanged services again sends no
+transaction, and a changed service (price, endpoint, data, policy) becomes a new asset.
 """
 
 from __future__ import annotations
@@ -47,6 +48,12 @@ def load_assets(config: GatewayConfig) -> list[dict[str, Any]]:
     return json.loads(path.read_text()) if path.exists() else []
 
 
+def published_at(config: GatewayConfig) -> int | None:
+    """When the last publish wrote its assets (ns; None before the first): a publish changes it."""
+    path = config.state_dir / "assets.json"
+    return path.stat().st_mtime_ns if path.exists() else None
+
+
 def asset_ddo(config: GatewayConfig, did: str) -> dict[str, Any] | None:
     """The published asset DDO of ``did``, None when this gateway has none."""
     path = ddo_path(config, did)
@@ -60,9 +67,15 @@ def dataset_description(provider: Provider, service: Service) -> dict[str, int]:
         return {"features": int(x.shape[1]), "classes": int(np.unique(y).size), "rows": int(len(x))}
 
 
+def policy_checksum(service: Service) -> str:
+    """What ``assets.json`` records of a service's policy: a changed policy is a service to publish again."""
+    return ddo.checksum(service.policy.public())
+
+
 def publish(config: GatewayConfig) -> list[dict[str, Any]]:
     """Store and register the asset of every configured service; returns
-    ``[{"name", "type", "did", "price", "ddo_url", "tx_hash"}]`` (``tx_hash`` None: already registered).
+    ``[{"name", "type", "did", "price", "policy", "ddo_url", "tx_hash"}]`` (``policy``: its checksum;
+    ``tx_hash`` None: already registered).
     Every price must be a whole number of the token's base units, checked before any transaction."""
     if not config.public_url and not config.port:
         raise GatewayConfigError(
@@ -78,6 +91,7 @@ def publish(config: GatewayConfig) -> list[dict[str, Any]]:
         main = ddo.asset_main(
             service.type, service.name, address, config.url(), service.price, keeper.token_address, dataset
         )
+        main["policy"] = service.policy.public()
         checksum = ddo.checksum(main)  # also the DID's seed
         did = keeper.did_for(checksum, address)
         path = ddo_path(config, did)
@@ -92,6 +106,7 @@ def publish(config: GatewayConfig) -> list[dict[str, Any]]:
                 "type": service.type,
                 "did": did,
                 "price": service.price,
+                "policy": policy_checksum(service),
                 "ddo_url": ddo_url,
                 "tx_hash": record.tx_hash,
             }

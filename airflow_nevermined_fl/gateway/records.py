@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import re
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -62,6 +64,9 @@ class Execution:
     announcement: dict[str, str] | None = None
     settlement: dict[str, Any] = field(default_factory=_unsettled)
     stopped: bool = False
+    last_round: int | None = None
+    """A participant's: its session's last round (once the coordinator acknowledged its upload of that
+    round, its work is done)."""
 
     def status(self) -> dict[str, Any]:
         """What the consumer sees (never the workload record: it names the provider's data)."""
@@ -80,11 +85,29 @@ class Records:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._guard = threading.Lock()
-        self._locks: dict[str, threading.Lock] = {}
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}
 
-    def lock(self, agreement_id: str) -> threading.Lock:
+    @contextmanager
+    def lock(self, agreement_id: str) -> Iterator[None]:
+        """Hold the agreement's lock (a valid agreement id only). The table holds only the locks in use
+        (held or awaited), so it is bounded by the concurrent requests, whatever ids callers send."""
+        self.path(agreement_id)
         with self._guard:
-            return self._locks.setdefault(agreement_id, threading.Lock())
+            lock, users = self._locks.get(agreement_id, (threading.Lock(), 0))
+            self._locks[agreement_id] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                users = self._locks[agreement_id][1] - 1
+                if users:
+                    self._locks[agreement_id] = (lock, users)
+                else:
+                    del self._locks[agreement_id]
+
+    def locks_in_use(self) -> int:
+        return len(self._locks)
 
     def path(self, agreement_id: str) -> Path:
         if not AGREEMENT_ID.fullmatch(agreement_id):

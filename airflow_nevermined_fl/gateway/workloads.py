@@ -18,18 +18,29 @@ from airflow_nevermined_fl.gateway.channel import (
     key_pair,
 )
 from airflow_nevermined_fl.gateway.launchers import Labels, Launcher, WorkloadSpec
+from airflow_nevermined_fl.gateway.policy import image, limits
 from airflow_nevermined_fl.gateway.resources import Provider
 from airflow_nevermined_fl.runtime.channel import certificate_fingerprint, issue
-from airflow_nevermined_fl.runtime.config import ChannelSpec, ModelSpec, SeatSpec, SessionConfig, StorageSpec
+from airflow_nevermined_fl.runtime.config import (
+    ChannelSpec,
+    ModelSpec,
+    SeatSpec,
+    SessionConfig,
+    StorageSpec,
+    strategy_spec,
+)
+from airflow_nevermined_fl.runtime.storage import upload_limit
 from airflow_nevermined_fl.runtime.workload import Role
 
 LINGER = 600
 """Seconds a finished coordinator keeps serving its final status (for the consumer to read)."""
 
 
-def session_prefix(session_id: str) -> str:
-    """Storage prefix of a session's weights and final model."""
-    return f"sessions/{session_id}"
+def session_prefix(agreement_id: str) -> str:
+    """Storage prefix of a session's weights and final model: its coordinator agreement's id (unique on
+    chain and verified by the coordinator's gateway), never the consumer-chosen session id, so that two
+    sessions never share an object."""
+    return f"sessions/{agreement_id}"
 
 
 def coordinator_config(
@@ -38,6 +49,7 @@ def coordinator_config(
     bucket: str,
     initial_model: str | None,
     seats: tuple[SeatSpec, ...],
+    prefix: str,
 ) -> SessionConfig:
     """The coordinator's session config from its DDO's parameters and its seats (public: no credentials);
     its ports are the launcher's (:meth:`WorkloadSpec.coordinator`)."""
@@ -49,11 +61,12 @@ def coordinator_config(
         fraction=parameters["participantsRatio"],
         heartbeat_period=float(parameters["heartbeat"]),
         stall_timeout=parameters["stallTimeout"],
-        storage=StorageSpec(bucket, session_prefix(parameters["sessionId"]), storage_endpoint),
+        storage=StorageSpec(bucket, prefix, storage_endpoint),
         model=ModelSpec.of(parameters["model"]),
         initial_model=initial_model,
         linger=LINGER,
         channel=ChannelSpec(seats=seats),
+        strategy=strategy_spec(parameters.get("strategy"), "parameters.strategy"),
     )
 
 
@@ -63,11 +76,6 @@ def module_of(entrypoint: str) -> str:
     if parts[:2] != ["python", "-m"] or len(parts) != 3:
         raise ValueError(f"unsupported container entrypoint {entrypoint!r}: expected 'python -m <module>'")
     return parts[2]
-
-
-def image_of(container: dict[str, Any]) -> str:
-    """``name:tag`` of a DDO container (what container backends run)."""
-    return f"{container['image']}:{container['tag']}"
 
 
 def labels(gateway: str, agreement_id: str, role: Role, name: str) -> Labels:
@@ -85,6 +93,7 @@ class CoordinatorPlan:
     parameters: dict[str, Any]
     initial_model: str | None
     seats: tuple[SeatSpec, ...]
+    prefix: str
 
     @property
     def session_timeout(self) -> float:
@@ -94,16 +103,25 @@ class CoordinatorPlan:
         """The coordinator with a fresh TLS key pair and grants on this provider's storage, no key."""
         storage, seconds = provider.config.storage, grant_seconds(self.session_timeout)
         session_id = self.parameters["sessionId"]
+        upload_bytes = upload_limit(ModelSpec.of(self.parameters["model"]))
         grants = coordinator_grants(
-            provider.s3, storage.bucket, session_prefix(session_id), self.seats, seconds, self.initial_model
+            provider.s3, storage.bucket, self.prefix, self.seats, seconds, self.initial_model, upload_bytes
         )
         files, secret_files = coordinator_files(key_pair(session_id, seconds), grants)
         config = coordinator_config(
-            self.parameters, storage.endpoint_url, storage.bucket, self.initial_model, self.seats
+            self.parameters, storage.endpoint_url, storage.bucket, self.initial_model, self.seats, self.prefix
         )
         module = module_of(self.container["entrypoint"])
+        policy = provider.config.service(labels.name).policy
         return WorkloadSpec.coordinator(
-            launcher, labels, config, module, files, image=image_of(self.container), secret_files=secret_files
+            launcher,
+            labels,
+            config,
+            module,
+            files,
+            image=image(policy, self.container, launcher.backend),
+            secret_files=secret_files,
+            limits=limits(policy),
         )
 
 
@@ -119,7 +137,9 @@ class ParticipantPlan:
     model: dict[str, Any]
     heartbeat: float
     session_timeout: float
+    rounds: int
     dataset: str = field(repr=False)
+    proximal_mu: float | None = None  # FedProx's, from the coordinator's parameters
 
     def spec(self, launcher: Launcher, labels: Labels, provider: Provider) -> WorkloadSpec:
         """The participant with its seat ticket (signed with this provider's key) and its data: the local
@@ -127,7 +147,7 @@ class ParticipantPlan:
         ticket = issue(
             provider.config.private_key(), self.session_id, certificate_fingerprint(self.coordinator_cert)
         )
-        dataset = self.dataset
+        dataset, policy = self.dataset, provider.config.service(labels.name).policy
         if dataset.startswith("s3://"):
             dataset = data_grant(provider.s3, dataset, grant_seconds(self.session_timeout))
         return WorkloadSpec.participant(
@@ -141,6 +161,8 @@ class ParticipantPlan:
                 "model": self.model["name"],
                 "heartbeat": self.heartbeat,
                 "num_classes": self.model.get("num_classes"),
+                "proximal_mu": self.proximal_mu,
             },
-            image=image_of(self.container),
+            image=image(policy, self.container, launcher.backend),
+            limits=limits(policy),
         )

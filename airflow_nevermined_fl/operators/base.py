@@ -47,7 +47,16 @@ def gateway(
         sign=consumer.sign_message,
         ca_file=consumer.gateway_ca_file,
         timeout=TIMEOUT if timeout is None else timeout,
+        chain_id=chain_id(consumer),
     )
+
+
+def chain_id(consumer: NeverminedHook) -> int:
+    """The chain the consumer pays on, as its own connection states it (its ``chain_id``, else its
+    deployment's; else the node's, checked against the deployment): bound into every gateway signature."""
+    settings = consumer.keeper_settings()
+    known = settings.chain_id if settings.chain_id is not None else settings.deployment.chain_id
+    return known if known is not None else consumer.get_conn().w3.eth.chain_id
 
 
 def as_list(value: Any) -> list[dict[str, Any]]:

@@ -28,10 +28,11 @@ class PublishModelOperator(SessionOperator):
     (the DAG factory's: the DAG's model asset) gets an event, ``extra`` ``{"model_did", "model_url",
     "sha256", "final_accuracy", "rounds", "session_id"}``; a retry that succeeds announces the model again.
 
-    Output: ``model_did``, ``model_url``, ``model_sha256``, ``ddo_url``, ``final_accuracy``,
-    ``rounds_metrics``, ``released`` ({provider: {"compute", "release"} tx hashes as the gateways
-    report them}), ``unpaid`` (data providers dropped from the session: refunded by the teardown),
-    ``tx_hashes`` (model DID registration, provenance).
+    Output: ``model_did``, ``model_url``, ``model_sha256``, ``ddo_url``, ``final_accuracy`` (the last
+    round's global model scored by the participants on held-out rows: the federated evaluation),
+    ``final_train_accuracy`` (their locally trained weights' score), ``rounds_metrics``, ``released``
+    ({provider: {"compute", "release"} tx hashes as the gateways report them}), ``unpaid`` (data providers
+    dropped from the session: refunded by the teardown), ``tx_hashes`` (model DID registration, provenance).
     """
 
     template_fields = ("session", "workflow", "payments", "result")
@@ -63,7 +64,12 @@ class PublishModelOperator(SessionOperator):
         model_url = store.put_bytes(f"models/{self.session_id}/model.npz", data, "application/x-npz")
         consumer = self.consumer
         derived_from = [self.workflow["coordinator_did"], *self.workflow["participant_dids"].values()]
-        metrics = {"rounds": self.result["rounds_metrics"], "finalAccuracy": self.result["final_accuracy"]}
+        metrics = {
+            "rounds": self.result["rounds_metrics"],
+            "finalAccuracy": self.result["final_accuracy"],  # the global model's, federated evaluation
+            "finalTrainAccuracy": self.result.get("final_train_accuracy"),  # locally trained weights'
+            "strategy": conf.get("strategy", {"name": "fedavg"}),  # as in the coordinator's workflow DDO
+        }
         main = ddo.model_main(
             self.session_id, consumer.address, "0x" + sha256, model_url, derived_from, metrics
         )
@@ -98,6 +104,7 @@ class PublishModelOperator(SessionOperator):
             "model_sha256": sha256,
             "ddo_url": mstore.url(model_did),
             "final_accuracy": self.result["final_accuracy"],
+            "final_train_accuracy": self.result.get("final_train_accuracy"),
             "rounds_metrics": self.result["rounds_metrics"],
             "released": released,
             "unpaid": unpaid,

@@ -36,10 +36,46 @@ def _unique_names(providers: list[dict[str, Any]]) -> None:
         seen.add(p["name"])
 
 
+def check_policy(
+    conf: dict[str, Any], policy: Any, backend: str | None, who: str, coordinator: str | None = None
+) -> None:
+    """Fail unless the session of ``conf`` is within a provider's published ``policy`` (None: it
+    publishes none): the model, the bounds, on a container ``backend`` the image of the workflow DDOs and,
+    for a data provider, its session's ``coordinator`` provider (address)."""
+    from airflow_nevermined_fl.protocol.policy import (
+        DEFAULT_IMAGE,  # what the workflow DDOs' containers name (ddo.coordinator_main, participant_main)
+        Policy,
+        PolicyError,
+        check_coordinator,
+        check_image,
+        check_session,
+    )
+
+    if policy is None:
+        return
+    try:
+        allowed = Policy.parse(policy, "policy")
+        check_session(
+            allowed,
+            model=conf["model"],
+            rounds=conf["rounds"],
+            epochs=conf["epochs"],
+            heartbeat=conf["heartbeat"],
+            session_timeout=conf["session_timeout"],
+        )
+        if backend in ("docker", "kubernetes"):
+            check_image(allowed, DEFAULT_IMAGE)
+        if coordinator is not None:
+            check_coordinator(allowed, coordinator)
+    except (PolicyError, ValueError) as err:
+        raise AirflowFailException(f"{who}'s policy refuses this session: {err}") from None
+
+
 class ValidateSessionOperator(BaseOperator):
     """Check everything checkable before any transaction: the conf (schema + cross-field rules), each
     provider DID (registered on chain, its DDO matching the registered checksum, the right service type),
-    each provider's gateway (answers ``info`` as the DID's owner and says the service is ready), prices
+    each provider's gateway (answers ``info`` as the DID's owner and says the service is ready), the
+    session within each provider's published policy (model, bounds, image; :func:`check_policy`), prices
     against ``max_price``, the model against the participants' datasets, and the consumer's balance.
 
     Output (what the mapped tasks expand over): the data providers, resolved (``did``, ``name``, ``role``,
@@ -66,10 +102,12 @@ class ValidateSessionOperator(BaseOperator):
         consumer = nevermined(conf["consumer_conn_id"])
         store = storage(conf["storage_conn_id"])
         coordinator = self._provider(
-            consumer, store, "conf.coordinator", conf["coordinator"]["did"], "coordinator"
+            consumer, store, conf, "conf.coordinator", conf["coordinator"]["did"], "coordinator"
         )
         providers = [
-            self._provider(consumer, store, f"conf.data_providers[{i}]", entry["did"], "participant")
+            self._provider(
+                consumer, store, conf, f"conf.data_providers[{i}]", entry["did"], "participant", coordinator
+            )
             for i, entry in enumerate(conf["data_providers"])
         ]
         _unique_names([coordinator, *providers])
@@ -96,9 +134,17 @@ class ValidateSessionOperator(BaseOperator):
         return providers
 
     def _provider(
-        self, consumer: NeverminedHook, store: StorageHook, where: str, did: str, role: str
+        self,
+        consumer: NeverminedHook,
+        store: StorageHook,
+        conf: dict[str, Any],
+        where: str,
+        did: str,
+        role: str,
+        coordinator: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """The resolved provider behind ``did``, its gateway answering and ready to serve it."""
+        """The resolved provider behind ``did``, its gateway answering and ready to serve it, its policy
+        allowing the session of ``conf`` (for a data provider: with the resolved ``coordinator``)."""
         from airflow_nevermined_fl.contracts.errors import InvalidInputError
         from airflow_nevermined_fl.protocol.client import GatewayClient, GatewayError
         from airflow_nevermined_fl.resolver import ResolveError, resolve_provider
@@ -123,6 +169,13 @@ class ValidateSessionOperator(BaseOperator):
         if service is None or not service.get("ready"):
             reason = service.get("reason") if service else "the gateway does not offer this asset"
             raise AirflowFailException(f"{where}.did: {ref.name} cannot serve now: {reason}")
+        check_policy(
+            conf,
+            ref.policy,
+            (info.get("backend") or {}).get("type"),
+            f"{where}.did: {ref.name}",
+            coordinator["address"] if coordinator else None,
+        )
         self.log.info("%s: %s %s at %s, price %s", where, role, ref.name, ref.endpoint, ref.price)
         return ref.to_dict()
 

@@ -21,7 +21,17 @@ from airflow_nevermined_fl.runtime.workload import SessionState
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-ROUND_FIELDS = ("round", "loss", "accuracy", "participants", "refused_uploads", "duration")
+ROUND_FIELDS = (
+    "round",
+    "global_accuracy",
+    "global_loss",
+    "loss",
+    "accuracy",
+    "participants",
+    "refused_uploads",
+    "duration",
+)
+"""Per round: the global model's federated evaluation, the locally trained weights' scores, the uploads."""
 LIVE_TIMEOUT = 5.0
 """Seconds for the gateway's status answer (the page polls again)."""
 
@@ -86,12 +96,15 @@ def _coordinator(consumer_conn_id: str, execution: dict[str, Any]) -> dict[str, 
 def _rounds(
     source: str | None, metrics: list[dict[str, Any]], state: str | None, refused_uploads: int | None
 ) -> dict[str, Any]:
-    """The chart's fields of the rounds' metrics; the final accuracy once the coordinator FINISHED."""
+    """The chart's fields of the rounds' metrics; the final accuracy (the last global model's, federated
+    evaluation) once the coordinator FINISHED."""
     rounds = [{field: m.get(field) for field in ROUND_FIELDS} for m in metrics]
     return {
         "source": source,
         "coordinator_state": state,
         "rounds": rounds,
-        "final_accuracy": rounds[-1]["accuracy"] if rounds and state == SessionState.FINISHED else None,
+        "final_accuracy": rounds[-1]["global_accuracy"]
+        if rounds and state == SessionState.FINISHED
+        else None,
         "refused_uploads": refused_uploads,
     }

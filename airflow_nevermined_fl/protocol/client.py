@@ -1,7 +1,9 @@
 """The consumer's client of a provider gateway: public ``info``/``ddo``, signed compute calls.
 
 ``sign`` is the consumer's EIP-191 signer (``Keeper.sign_message``): the key itself never reaches this
-module. ``audience`` is the gateway's provider address (from its asset DDO), bound into every signature.
+module. Every signature binds the gateway it is for: ``chain_id`` (the chain the consumer's own keeper is
+on), ``audience`` (the gateway's provider address, from its asset DDO) and ``endpoint`` (its URL), with
+the method, path and query of the request (:mod:`.auth`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 import httpx
 
 from airflow_nevermined_fl.protocol import API
-from airflow_nevermined_fl.protocol.auth import signed_headers
+from airflow_nevermined_fl.protocol.auth import Audience, canonical_query, signed_headers
 
 TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 """Every gateway call: 5 s to connect, 30 s for each read, write and pool wait."""
@@ -73,9 +75,13 @@ class GatewayClient:
         sign: Callable[[str], str] | None = None,
         ca_file: str | None = None,
         timeout: httpx.Timeout | float = TIMEOUT,
+        chain_id: int | None = None,
     ) -> None:
+        if sign is not None and chain_id is None:
+            raise ValueError("chain_id: required to sign requests (the chain the consumer pays on)")
         self.endpoint = endpoint.rstrip("/")
         self.audience = audience
+        self.chain_id = chain_id
         self.address = address
         self._sign = sign
         self._verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
@@ -84,36 +90,36 @@ class GatewayClient:
     def __repr__(self) -> str:
         return f"GatewayClient({self.endpoint!r})"
 
-    def _headers(self, method: str, path: str, body: bytes) -> dict[str, str]:
-        if self._sign is None or self.address is None:
-            return {}
-        return signed_headers(self._sign, self.address, method, path, self.audience, body)
-
-    def _prepare(self, method: str, path: str, payload: Any) -> tuple[bytes, dict[str, str]]:
+    def _prepare(
+        self, method: str, path: str, payload: Any, params: dict[str, Any] | None = None
+    ) -> tuple[str, bytes, dict[str, str]]:
+        """The request's URL (its query canonical: what is signed is what is sent), body and headers."""
         body = json.dumps(payload).encode() if payload is not None else b""
-        headers = self._headers(method, path, body)
+        query = canonical_query(params or {})
+        headers: dict[str, str] = {}
+        if self._sign is not None and self.address is not None and self.chain_id is not None:
+            audience = Audience(self.chain_id, self.audience, self.endpoint)
+            headers = signed_headers(self._sign, self.address, method, path, audience, body, query)
         if payload is not None:
             headers["Content-Type"] = "application/json"
-        return body, headers
+        return self.endpoint + path + (f"?{query}" if query else ""), body, headers
 
     def request(
         self, method: str, path: str, payload: Any = None, params: dict[str, Any] | None = None
     ) -> Any:
-        body, headers = self._prepare(method, path, payload)
+        url, body, headers = self._prepare(method, path, payload, params)
         try:
             with httpx.Client(verify=self._verify, timeout=self._timeout) as http:
-                response = http.request(
-                    method, self.endpoint + path, content=body, headers=headers, params=params
-                )
+                response = http.request(method, url, content=body, headers=headers)
         except httpx.HTTPError as exc:
             raise _lost(self.endpoint, f"{method} {path}", exc, self._timeout) from None
         return _answer(self.endpoint, response)
 
     async def arequest(self, method: str, path: str, payload: Any = None) -> Any:
-        body, headers = self._prepare(method, path, payload)
+        url, body, headers = self._prepare(method, path, payload)
         try:
             async with httpx.AsyncClient(verify=self._verify, timeout=self._timeout) as http:
-                response = await http.request(method, self.endpoint + path, content=body, headers=headers)
+                response = await http.request(method, url, content=body, headers=headers)
         except httpx.HTTPError as exc:
             raise _lost(self.endpoint, f"{method} {path}", exc, self._timeout) from None
         return _answer(self.endpoint, response)
@@ -146,37 +152,39 @@ class GatewayClient:
         return self.request("GET", f"{API}/compute/logs/{agreement_id}", params={"tail": tail})["logs"]
 
     def _follow(self, agreement_id: str, idle_timeout: float | None) -> tuple[str, dict[str, Any]]:
-        """The signed request of a logs stream: its path and ``httpx`` arguments (connecting bounded like
+        """The signed request of a logs stream: its URL and ``httpx`` arguments (connecting bounded like
         every call; the wait for the next line by ``idle_timeout``, unbounded when None)."""
         path = f"{API}/compute/logs/{agreement_id}"
-        _, headers = self._prepare("GET", path, None)
+        url, _, headers = self._prepare("GET", path, None, {"follow": "true"})
         base = self._timeout if isinstance(self._timeout, httpx.Timeout) else httpx.Timeout(self._timeout)
         timeout = httpx.Timeout(connect=base.connect, read=idle_timeout, write=base.write, pool=base.pool)
-        return path, {"headers": headers, "params": {"follow": "true"}, "timeout": timeout}
+        return url, {"headers": headers, "timeout": timeout}
 
     def follow_logs(self, agreement_id: str, idle_timeout: float | None = None) -> Iterator[str]:
         """The workload's log lines as they are written, until it ends. A silent workload writes nothing
         for long, so the wait for the next line is unbounded unless ``idle_timeout`` (s) is given."""
-        path, kwargs = self._follow(agreement_id, idle_timeout)
+        url, kwargs = self._follow(agreement_id, idle_timeout)
         try:
             with (
                 httpx.Client(verify=self._verify) as http,
-                http.stream("GET", self.endpoint + path, **kwargs) as response,
+                http.stream("GET", url, **kwargs) as response,
             ):
                 if response.status_code >= 400:
                     response.read()
                     _answer(self.endpoint, response)
                 yield from response.iter_lines()
         except httpx.HTTPError as exc:
-            raise _lost(self.endpoint, f"GET {path}?follow=true", exc, kwargs["timeout"]) from None
+            raise _lost(
+                self.endpoint, f"GET {url.removeprefix(self.endpoint)}", exc, kwargs["timeout"]
+            ) from None
 
     async def afollow_logs(self, agreement_id: str, idle_timeout: float | None = None) -> AsyncIterator[str]:
         """:meth:`follow_logs` for an event loop (the triggerer)."""
-        path, kwargs = self._follow(agreement_id, idle_timeout)
+        url, kwargs = self._follow(agreement_id, idle_timeout)
         try:
             async with (
                 httpx.AsyncClient(verify=self._verify) as http,
-                http.stream("GET", self.endpoint + path, **kwargs) as response,
+                http.stream("GET", url, **kwargs) as response,
             ):
                 if response.status_code >= 400:
                     await response.aread()
@@ -184,7 +192,9 @@ class GatewayClient:
                 async for line in response.aiter_lines():
                     yield line
         except httpx.HTTPError as exc:
-            raise _lost(self.endpoint, f"GET {path}?follow=true", exc, kwargs["timeout"]) from None
+            raise _lost(
+                self.endpoint, f"GET {url.removeprefix(self.endpoint)}", exc, kwargs["timeout"]
+            ) from None
 
     def stop(self, agreement_id: str) -> dict[str, Any]:
         return self.request("POST", f"{API}/compute/stop/{agreement_id}")

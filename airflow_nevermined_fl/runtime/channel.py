@@ -66,37 +66,59 @@ class _Seat:
 
 
 class Seats:
-    """The session's seats: who may join, who holds a seat now."""
+    """The session's seats: who may join, who holds a seat now.
+
+    A ticket's signature is recovered once, outside the seats' lock: the verified ones are kept (ticket ->
+    provider), and the last refused ones too (ticket -> reason, at most ``MAX_REFUSED``), so a repeated
+    call costs a dictionary look-up."""
+
+    MAX_REFUSED = 4096
 
     def __init__(self, session_id: str, fingerprint: str, seats: tuple[SeatSpec, ...]) -> None:
         self.message = encode_defunct(text=seat_message(session_id, fingerprint))
         self._seats = {seat.address.lower(): _Seat(seat) for seat in seats}
         self._verified: dict[str, str] = {}  # ticket -> address: recovery is slow, heartbeats are many
+        self._refused: dict[str, str] = {}  # ticket -> reason
         self._lock = threading.Lock()
+
+    def known(self, ticket: str | None) -> bool:
+        """Whether ``ticket`` is a verified seat credential (no recovery needed)."""
+        return bool(ticket) and ticket in self._verified
 
     def _provider(self, ticket: str | None) -> _Seat:
         if not ticket:
             raise SeatRefused("no seat credential")
         address = self._verified.get(ticket)
         if address is None:
-            claimed, _, signature = ticket.partition(".")
-            try:
-                if len(ticket) > MAX_TICKET:
-                    raise ValueError("too long")
-                address = Account.recover_message(self.message, signature=bytes.fromhex(signature)).lower()
-            except Exception:  # noqa: BLE001 - any malformed ticket is refused the same way
-                raise SeatRefused("malformed seat credential") from None
-            if address != claimed.lower():
-                raise SeatRefused(f"seat credential not signed by {claimed[:42]} (wrong session or key)")
-            if address not in self._seats:
-                raise SeatRefused(f"{address} has no seat in this session")
-            self._verified[ticket] = address
+            refused = self._refused.get(ticket) or self._recover(ticket)
+            if refused:
+                if len(self._refused) >= self.MAX_REFUSED:
+                    self._refused.clear()
+                self._refused[ticket] = refused
+                raise SeatRefused(refused)
+            address = self._verified[ticket]
         return self._seats[address]
+
+    def _recover(self, ticket: str) -> str | None:
+        """Verify a new ticket (record it when it is a seat's); the reason it is refused, or None."""
+        claimed, _, signature = ticket.partition(".")
+        try:
+            if len(ticket) > MAX_TICKET:
+                raise ValueError("too long")
+            address = Account.recover_message(self.message, signature=bytes.fromhex(signature)).lower()
+        except Exception:  # noqa: BLE001 - any malformed ticket is refused the same way
+            return "malformed seat credential"
+        if address != claimed.lower():
+            return f"seat credential not signed by {claimed[:42]} (wrong session or key)"
+        if address not in self._seats:
+            return f"{address} has no seat in this session"
+        self._verified[ticket] = address
+        return None
 
     def take(self, ticket: str | None) -> tuple[str, str]:
         """Rendezvous: ``(participant id, new token)`` for a free seat; refused when the seat is held."""
+        seat = self._provider(ticket)
         with self._lock:
-            seat = self._provider(ticket)
             if seat.token is not None:
                 raise SeatRefused(f"the seat of {seat.spec.address} is already taken (duplicate credential)")
             seat.token = secrets.token_urlsafe(24)
@@ -104,8 +126,8 @@ class Seats:
 
     def check(self, ticket: str | None, token: str | None) -> str:
         """Any later call: the participant id of the seat this ticket and token hold."""
+        seat = self._provider(ticket)
         with self._lock:
-            seat = self._provider(ticket)
             if seat.token is None:
                 raise SeatRefused(f"the seat of {seat.spec.address} is not taken: rendezvous first")
             if not token or not hmac.compare_digest(token, seat.token):

@@ -105,6 +105,66 @@ class ChannelSpec:
         return {**files, "seats": [seat.to_dict() for seat in self.seats]}
 
 
+STRATEGIES: dict[str, dict[str, float]] = {
+    "fedavg": {},
+    "fedprox": {"mu": 0.01},
+    "fedavgm": {"eta": 1.0, "momentum": 0.9},
+    "fedadagrad": {"eta": 0.1, "tau": 1e-9},
+    "fedadam": {"eta": 0.1, "beta1": 0.9, "beta2": 0.99, "tau": 1e-9},
+    "fedyogi": {"eta": 0.01, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3},
+}
+"""Server-side strategies and their hyper-parameters' defaults (Flower's): ``mu`` FedProx's proximal term
+(participant side), ``eta`` the server learning rate, ``momentum`` FedAvgM's, ``beta1``/``beta2``/``tau``
+the adaptive optimisers' (Reddi et al. 2021)."""
+
+_UNIT_INTERVAL = ("momentum", "beta1", "beta2")  # in [0, 1); mu >= 0; eta, tau > 0
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """How the round's aggregate becomes the next global model: ``name`` (a key of :data:`STRATEGIES`) and
+    its hyper-parameters, every one set (defaults filled)."""
+
+    name: str = "fedavg"
+    options: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "options", {**STRATEGIES[self.name], **self.options})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **self.options}
+
+
+def strategy_spec(data: Any, name: str = "strategy") -> StrategySpec:
+    """Validate ``{"name": ..., <hyper-parameter>: number, ...}``; :class:`ConfigError` names the field."""
+    if data is None:
+        return StrategySpec()
+    expected = f"one of {', '.join(STRATEGIES)}"
+    if not isinstance(data, dict):
+        raise ConfigError(name, f"an object {{name: {expected}, ...}}", data)
+    strategy = _get(data, f"{name}.name", str, expected)
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"{name}.name", expected, strategy)
+    known = STRATEGIES[strategy]
+    options: dict[str, float] = {}
+    for key in data.keys() - {"name"}:
+        field_name = f"{name}.{key}"
+        if key not in known:
+            allowed = ", ".join(known) or "none"
+            raise ConfigError(field_name, f"a hyper-parameter of {strategy} ({allowed})", data[key])
+        value = _get(data, field_name, float, "a finite number")
+        if key in _UNIT_INTERVAL:
+            ok, expected_value = 0 <= value < 1, "a number in [0, 1)"
+        elif key == "mu":
+            ok, expected_value = 0 <= value < 1e6, "a number >= 0"
+        else:
+            ok, expected_value = 0 < value < 1e6, "a number > 0"
+        if not ok:  # also NaN and infinities
+            raise ConfigError(field_name, expected_value, value)
+        options[key] = value
+    return StrategySpec(strategy, options)
+
+
 def default_heartbeat_timeout(heartbeat_period: float) -> float:
     """How long past its heartbeat period a silent participant is kept: 5 periods, at least 5 s."""
     return max(5.0, 5 * heartbeat_period)
@@ -115,6 +175,9 @@ class SessionConfig:
     """One coordinator's session. ``heartbeat_timeout`` None: :func:`default_heartbeat_timeout` of the
     period. ``grpc_port``/``status_port`` 0: any free port (the coordinator reports what it bound).
     ``linger``: seconds an ended coordinator keeps serving its final status before it exits.
+    ``max_update_norm``: an upload farther from the global model than this many times the global model's
+    L2 norm (at least 1) is refused and its sender removed.
+    ``strategy``: how the round's aggregate becomes the next global model (:class:`StrategySpec`).
     ``channel``: TLS, seats and storage grants; None only with ``stock_sdk`` (plaintext gRPC, peers known by
     address, weights in the bucket with the environment's S3 keys: insecure, for stock xain-sdk
     participants)."""
@@ -135,8 +198,10 @@ class SessionConfig:
     initial_model: str | None = None
     model: ModelSpec = field(default_factory=ModelSpec)
     linger: float = 5.0
+    max_update_norm: float = 1000.0
     channel: ChannelSpec | None = None
     stock_sdk: bool = False
+    strategy: StrategySpec = field(default_factory=StrategySpec)
 
     def __post_init__(self) -> None:
         if self.heartbeat_timeout is None:
@@ -147,6 +212,7 @@ class SessionConfig:
         """The JSON form :func:`parse` reads back into an equal config."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data |= {"storage": self.storage.to_dict(), "model": self.model.to_dict()}
+        data["strategy"] = self.strategy.to_dict()
         data["channel"] = self.channel.to_dict() if self.channel else None
         return {key: value for key, value in data.items() if value is not None}
 
@@ -316,8 +382,10 @@ def parse(data: Any) -> SessionConfig:
         initial_model=initial_model,
         model=_model(data.get("model")),
         linger=_non_negative(data, "linger", _default("linger")),
+        max_update_norm=_positive(data, "max_update_norm", _default("max_update_norm")),
         channel=_channel(data.get("channel"), stock_sdk),
         stock_sdk=stock_sdk,
+        strategy=strategy_spec(data.get("strategy")),
     )
 
 

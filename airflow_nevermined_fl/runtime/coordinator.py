@@ -29,6 +29,7 @@ import ssl
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from structlog import get_logger
 from xain_fl.coordinator.coordinator import Coordinator
 from xain_fl.coordinator.coordinator_grpc import CoordinatorGrpc
 from xain_fl.coordinator.participants import Participants
+from xain_fl.fl.coordinator.aggregate import WeightedAverageAggregator
 from xain_fl.tools.exceptions import InvalidRequestError, UnknownParticipantError
 from xain_proto.fl import coordinator_pb2_grpc
 from xain_proto.fl.coordinator_pb2 import (
@@ -51,7 +53,7 @@ from xain_proto.fl.coordinator_pb2 import (
     State,
 )
 
-from airflow_nevermined_fl.runtime import logs, models
+from airflow_nevermined_fl.runtime import logs, models, strategies
 from airflow_nevermined_fl.runtime.arrays import ArraySpec, RefusedPayload
 from airflow_nevermined_fl.runtime.channel import (
     TICKET_HEADER,
@@ -62,6 +64,7 @@ from airflow_nevermined_fl.runtime.channel import (
     participant_id,
 )
 from airflow_nevermined_fl.runtime.config import ConfigError, SessionConfig, load
+from airflow_nevermined_fl.runtime.refusals import Refusals
 from airflow_nevermined_fl.runtime.status import StatusServer
 from airflow_nevermined_fl.runtime.storage import (
     BucketExchange,
@@ -77,11 +80,24 @@ from airflow_nevermined_fl.runtime.workload import ExitCode, SessionState
 logger = get_logger(__name__)
 
 READY_PREFIX = "NVFL_COORDINATOR_READY "
+THROTTLED = "too many refused calls from this host; retry later"
+
+
+METRIC_RANGES = {
+    "loss": (0.0, math.inf),
+    "accuracy": (0.0, 1.0),
+    "global_loss": (0.0, math.inf),
+    "global_accuracy": (0.0, 1.0),
+    "global_rows": (0.0, math.inf),
+}
+"""The per-round metrics kept, each within its range (else dropped): the locally trained weights' ``loss``
+and ``accuracy``; the federated evaluation of the received global model on ``global_rows`` held-out rows."""
 
 
 def _round_metrics(metrics_json: str) -> dict[str, float]:
-    """From an SDK metrics string (untrusted: malformed -> {}): the last epoch's ``loss``/``accuracy`` and
-    ``train_seconds``, the sum of the per-epoch ``seconds`` our participants report."""
+    """From an SDK metrics string (untrusted: malformed -> {}): the last epoch's value of each of
+    :data:`METRIC_RANGES` within its range, and ``train_seconds``, the sum of the per-epoch ``seconds`` our
+    participants report."""
     try:
         points = json.loads(metrics_json) if len(metrics_json) < 1_000_000 else []
         latest: dict[str, tuple[int, float]] = {}
@@ -94,7 +110,11 @@ def _round_metrics(metrics_json: str) -> dict[str, float]:
                     continue
                 if key == "seconds":
                     seconds.append(number)
-                elif key in {"loss", "accuracy"} and (key not in latest or epoch >= latest[key][0]):
+                elif (
+                    key in METRIC_RANGES
+                    and METRIC_RANGES[key][0] <= number <= METRIC_RANGES[key][1]
+                    and (key not in latest or epoch >= latest[key][0])
+                ):
                     latest[key] = (epoch, number)
         result = {key: value for key, (_, value) in latest.items()}
         return {**result, "train_seconds": sum(seconds)} if seconds else result
@@ -102,7 +122,7 @@ def _round_metrics(metrics_json: str) -> dict[str, float]:
         return {}
 
 
-def _weighted(updates: list[tuple[int, dict[str, float]]], key: str) -> float | None:
+def _weighted(updates: Sequence[tuple[float, dict[str, float]]], key: str) -> float | None:
     pairs = [(n, m[key]) for n, m in updates if key in m]
     total = sum(n for n, _ in pairs)
     if not pairs or total == 0:
@@ -110,16 +130,68 @@ def _weighted(updates: list[tuple[int, dict[str, float]]], key: str) -> float | 
     return sum(n * value for n, value in pairs) / total
 
 
+def _evaluation(updates: list[tuple[int, dict[str, float]]]) -> dict[str, float | None]:
+    """The round's federated evaluation of its global model: each participant's score weighted by its
+    held-out rows, counted at most as its training samples (a participant weighs in the evaluation no more
+    than in the aggregate, whatever row count it claims)."""
+    rows = [(min(m["global_rows"], n), m) for n, m in updates if "global_rows" in m]
+    return {
+        "global_loss": _weighted(rows, "global_loss"),
+        "global_accuracy": _weighted(rows, "global_accuracy"),
+        "global_rows": sum(r for r, m in rows if "global_accuracy" in m) or None,
+    }
+
+
+class FiniteAverage(WeightedAverageAggregator):
+    """xain's weighted average, in float64, refused unless every weight is finite."""
+
+    def aggregate(self, multiple_model_weights: list[ndarray], aggregation_data: list[int]) -> ndarray:
+        with np.errstate(over="ignore", invalid="ignore"):
+            float64 = [w.astype(np.float64, copy=False) for w in multiple_model_weights]
+            weights = super().aggregate(float64, aggregation_data)
+        if not np.isfinite(weights).all():
+            raise RefusedPayload("the aggregate of the round is not finite")
+        return weights
+
+
+class StrategyStep(FiniteAverage):
+    """The round's finite weighted mean (its aggregate: all that secure aggregation reveals) made the next
+    global model by the session's server strategy, from ``current()``: the global model it trained from."""
+
+    def __init__(self, strategy: strategies.ServerStrategy, current: Callable[[], ndarray]) -> None:
+        self.strategy, self.current = strategy, current
+
+    def aggregate(self, multiple_model_weights: list[ndarray], aggregation_data: list[int]) -> ndarray:
+        mean = super().aggregate(multiple_model_weights, aggregation_data)
+        with np.errstate(over="ignore", invalid="ignore"):
+            weights = self.strategy.step(self.current(), mean)
+        if not np.isfinite(weights).all():
+            raise RefusedPayload(f"the {self.strategy.spec.name} step of the round is not finite")
+        return weights
+
+
+class _AdmittingReader:
+    """xain's reader of uploads, each one passed through ``admit`` before xain adds it to the round."""
+
+    def __init__(self, reader: LocalWeightsReader, admit: Callable[[ndarray], ndarray]) -> None:
+        self.reader, self.admit = reader, admit
+
+    def read_weights(self, participant_id: str, round: int) -> ndarray:  # noqa: A002 - xain's signature
+        return self.admit(self.reader.read_weights(participant_id, round))
+
+
 class SessionCoordinator(Coordinator):
-    """xain's state machine, serialized by one lock, with refused uploads, round metrics and progress time."""
+    """xain's state machine, serialized by one lock, with refused uploads, round metrics and progress time;
+    each upload bounded (:meth:`_admit`), the aggregate finite."""
 
     def __init__(
         self, config: SessionConfig, exchange: Exchange, weights: ndarray, seats: Seats | None = None
     ) -> None:
         self.lock = threading.RLock()
+        self.strategy = strategies.build(config.strategy)
         self.seats = seats
         self.refused_uploads = 0
-        self.refused_calls = 0
+        self.refusals = Refusals()
         self.rounds_metrics: list[dict[str, Any]] = []
         self.last_progress = time.monotonic()
         self._round_started: dict[int, float] = {}
@@ -127,9 +199,15 @@ class SessionCoordinator(Coordinator):
         self._round_updates: dict[str, tuple[int, dict[str, float]]] = {}  # this round's, by participant
         self._round_messages: dict[str, Any] = {}
         self.min_participants = config.min_participants
+        self.max_update_norm = config.max_update_norm
+        self._samples = 0  # number_samples of the end of round being handled
+        self.last_removal: str | None = None  # who was removed last and why (a stalled session's reason)
         super().__init__(
             global_weights_writer=GlobalWeightsWriter(exchange),
-            local_weights_reader=LocalWeightsReader(exchange, self.upload_spec),
+            local_weights_reader=_AdmittingReader(
+                LocalWeightsReader(exchange, self.upload_spec), self._admit
+            ),
+            aggregator=StrategyStep(self.strategy, lambda: self.weights),
             num_rounds=config.rounds,
             minimum_participants_in_round=config.min_participants,
             fraction_of_participants=config.fraction,
@@ -148,21 +226,42 @@ class SessionCoordinator(Coordinator):
         first = next(iter(self.round.updates.values()), None)
         return ArraySpec(shape=first["model_weights"].shape if first else None)
 
+    def _admit(self, weights: ndarray) -> ndarray:
+        """An upload, refused when it is farther from the global model than ``max_update_norm`` times that
+        model's norm (at least 1), or when the round's weighted sum with it is not finite in float64."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            update = weights.astype(np.float64)
+            if self.weights.size:
+                bound = self.max_update_norm * max(1.0, float(np.linalg.norm(self.weights)))
+                distance = float(np.linalg.norm(update - self.weights))
+                if not distance <= bound:
+                    raise RefusedPayload(
+                        f"update norm {distance:.3g} above the bound {bound:.3g} (max_update_norm "
+                        f"{self.max_update_norm:g} x the global model's norm)"
+                    )
+            total = self._samples * update
+            for other in self.round.updates.values():
+                total = total + other["aggregation_data"] * other["model_weights"]
+            if not np.isfinite(total).all():
+                raise RefusedPayload("the round's weighted sum with this upload is not finite")
+        return update
+
     def _check_end_of_round(self, message: Any, participant_id: str) -> None:
         """A seated participant ends a round it was selected for, with its own upload and at most its
-        dataset's rows."""
+        dataset's rows (xain's init round of a custom model, which trains nothing: exactly 0)."""
         if self.seats is None:
             return
-        if self.state != State.ROUND or participant_id not in self.round.participant_ids:
+        if not self._round_open() or participant_id not in self.round.participant_ids:
             raise RefusedPayload("end of round outside a round it was selected for")
         if message.participant_id != participant_id:
             raise RefusedPayload(
                 f"end of round names the upload {message.participant_id[:80]!r}, not its own"
             )
-        limit = self.seats.max_samples(participant_id)
-        if not 1 <= message.number_samples <= limit:
+        low, high = (1, self.seats.max_samples(participant_id)) if self.weights.size else (0, 0)
+        if not low <= message.number_samples <= high:
             raise RefusedPayload(
-                f"number_samples {message.number_samples} outside 1..{limit} (declared rows)"
+                f"number_samples {message.number_samples} outside {low}..{high} "
+                + ("(declared rows)" if high else "(the init round trains nothing)")
             )
 
     def _fingerprint(self) -> tuple[int, int, int, int]:
@@ -190,10 +289,22 @@ class SessionCoordinator(Coordinator):
             for context in self.participants.participants.values():
                 context.heartbeat_expires += busy
 
-    def remove_participant(self, participant_id: str) -> None:
+    def _round_open(self) -> bool:
+        """A round is on: ROUND, or a started round suspended in STANDBY (:meth:`_suspended`)."""
+        return self.state == State.ROUND or self._suspended()
+
+    def _suspended(self) -> bool:
+        """A started round fell short of its minimum (a participant was removed): STANDBY until rendezvous
+        refill it. Its selected participants may still start, train and end it; their uploads are held
+        (:meth:`_hold`) and aggregated with the rest once it resumes."""
+        return self.state == State.STANDBY and self.current_round in self._round_started
+
+    def remove_participant(self, participant_id: str, reason: str = "removed") -> None:
         with self.lock:
             before = self._fingerprint()
+            self.last_removal = f"{participant_id} was removed ({reason})"
             super().remove_participant(participant_id)
+            self.round.updates.pop(participant_id, None)  # not aggregated; its seat may rejoin the round
             self._round_updates.pop(participant_id, None)
             self._round_messages.pop(participant_id, None)
             if self.seats is not None:
@@ -232,6 +343,7 @@ class SessionCoordinator(Coordinator):
         if reported and self.round.is_finished():  # the dropped one was all the round waited for
             round_, last = self.current_round, reported[-1]
             del self.round.updates[last]  # xain aggregates on an end of round: replay the last one
+            self._samples = self._round_messages[last].number_samples
             Coordinator._handle_end_training_round(self, self._round_messages[last], last)
             self._close_round(round_)
 
@@ -242,18 +354,22 @@ class SessionCoordinator(Coordinator):
             for context in list(self.participants.participants.values()):
                 if context.heartbeat_expires < now:
                     logger.warning("Heartbeat expired", participant_id=context.participant_id)
-                    self.remove_participant(context.participant_id)
+                    self.remove_participant(context.participant_id, "heartbeat expired")
 
     def _handle_end_training_round(self, message: Any, participant_id: str) -> Any:
         round_, selected = self.current_round, participant_id in self.round.participant_ids
         try:
             self._check_end_of_round(message, participant_id)
-            response = super()._handle_end_training_round(message, participant_id)
+            self._samples = message.number_samples
+            if self._suspended():
+                response = self._hold(message, participant_id)
+            else:
+                response = super()._handle_end_training_round(message, participant_id)
         except RefusedPayload as exc:
             self.refused_uploads += 1
             self._round_refused[round_] = self._round_refused.get(round_, 0) + 1
             logger.warning("Refused upload", participant_id=participant_id, round=round_, reason=str(exc))
-            self.remove_participant(participant_id)
+            self.remove_participant(participant_id, f"upload refused: {exc}")
             raise
         if selected:
             self._round_updates[participant_id] = (message.number_samples, _round_metrics(message.metrics))
@@ -261,6 +377,35 @@ class SessionCoordinator(Coordinator):
         if self.state == State.FINISHED or self.current_round != round_:
             self._close_round(round_)
         return response
+
+    def _hold(self, message: Any, participant_id: str) -> EndTrainingRoundResponse:
+        """xain's end of round without its aggregation: the upload, read and admitted as any other, waits in
+        the suspended round (xain would aggregate the round short of its minimum)."""
+        weights = self.local_weights_reader.read_weights(message.participant_id, self.current_round)
+        self.round.add_updates(
+            participant_id=participant_id, model_weights=weights, aggregation_data=message.number_samples
+        )
+        logger.info("Upload held", participant_id=participant_id, round=self.current_round)
+        return EndTrainingRoundResponse()
+
+    def _handle_start_training_round(self, message: Any, participant_id: str) -> Any:
+        """xain's, also in a suspended round: a participant selected for it trains now rather than lose
+        the round (the SDK does not start a round number twice)."""
+        if self._suspended() and participant_id in self.round.participant_ids:
+            self.state = State.ROUND  # xain's handler checks the state only
+            try:
+                return super()._handle_start_training_round(message, participant_id)
+            finally:
+                self.state = State.STANDBY
+        return super()._handle_start_training_round(message, participant_id)
+
+    def suspension(self) -> str | None:
+        """Why the current round waits, when it is suspended."""
+        with self.lock:
+            if not self._suspended():
+                return None
+            held = sum(pid in self.round.updates for pid in self.round.participant_ids)
+            return f"round {self.current_round} suspended since {self.last_removal}, {held} upload(s) held"
 
     def _close_round(self, round_: int) -> None:
         now = time.time()
@@ -272,6 +417,7 @@ class SessionCoordinator(Coordinator):
                 "round": round_,
                 "loss": _weighted(updates, "loss"),
                 "accuracy": _weighted(updates, "accuracy"),
+                **_evaluation(updates),
                 "n_samples": sum(n for n, _ in updates),
                 "train_seconds": max((m.get("train_seconds", 0.0) for _, m in updates), default=None),
                 "participants": len(updates),
@@ -300,15 +446,17 @@ class SessionServicer(CoordinatorGrpc):
         if seats is None:
             return context.peer(), None
         metadata = dict(context.invocation_metadata())
+        ticket, peer, refusals = metadata.get(TICKET_HEADER), context.peer(), self.session.refusals
+        call = type(request).__name__.removesuffix("Request")
+        if not seats.known(ticket) and refusals.throttled(peer):
+            refusals.refuse(call, peer, THROTTLED)
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"refused: {THROTTLED}")
         try:
             if isinstance(request, RendezvousRequest):
-                return seats.take(metadata.get(TICKET_HEADER))
-            return seats.check(metadata.get(TICKET_HEADER), metadata.get(TOKEN_HEADER)), None
+                return seats.take(ticket)
+            return seats.check(ticket, metadata.get(TOKEN_HEADER)), None
         except SeatRefused as exc:
-            with self.session.lock:
-                self.session.refused_calls += 1
-            call = type(request).__name__.removesuffix("Request")
-            logger.warning("Refused call", call=call, peer=context.peer(), reason=str(exc))
+            refusals.refuse(call, peer, str(exc))
             context.abort(grpc.StatusCode.PERMISSION_DENIED, f"refused: {exc}")
             raise  # unreachable: abort raises
 
@@ -329,8 +477,8 @@ class SessionServicer(CoordinatorGrpc):
         return self._on(request, context, self._start_training_round)
 
     def _start_training_round(self, request: Any, context: Any) -> Any:
-        """xain's handler without its ``set_Code`` typo: a participant whose round was called off (another
-        was removed meanwhile) is told FAILED_PRECONDITION and goes back to waiting."""
+        """xain's handler without its ``set_Code`` typo: a start when no round the caller is selected for is
+        on (a suspended one is on) is told FAILED_PRECONDITION, which our participant waits out."""
         try:
             return self.coordinator.on_message(request, context.peer())
         except UnknownParticipantError as error:
@@ -404,8 +552,9 @@ class CoordinatorService:
                 "rounds_completed": len(c.rounds_metrics),
                 "participants": {"connected": c.participants.len(), "selected": len(c.round.participant_ids)},
                 "rounds_metrics": list(c.rounds_metrics),
+                "strategy": self.config.strategy.to_dict(),
                 "refused_uploads": c.refused_uploads,
-                "refused_calls": c.refused_calls,
+                "refused_calls": c.refusals.total,
                 "reason": self.reason,
                 "model": self.model,
                 "grpc": self.grpc_address,
@@ -415,6 +564,9 @@ class CoordinatorService:
         c = self.coordinator
         with c.lock:
             weights, metrics = c.weights, list(c.rounds_metrics)
+        if not np.isfinite(weights).all():
+            self._fail("the final model is not finite")
+            return
         metadata = {
             "format": "nvfl-fl-model/1",
             "session_id": self.config.session_id,
@@ -428,6 +580,7 @@ class CoordinatorService:
                 "num_classes": self.config.model.num_classes,
             },
             "initial_model": self.config.initial_model,
+            "strategy": self.config.strategy.to_dict(),
             "rounds_metrics": metrics,
             "refused_uploads": c.refused_uploads,
             "created": time.time(),
@@ -450,15 +603,18 @@ class CoordinatorService:
     def _stall_reason(self) -> str:
         c = self.coordinator
         with c.lock:
-            return (
+            reason = (
                 f"no progress for {self.config.stall_timeout:g}s in state {State.Name(c.state)}, round "
                 f"{c.current_round}: {c.participants.len()} participant(s) connected, "
                 f"{c.minimum_connected_participants} needed"
             )
+            suspension = c.suspension()
+        return f"{reason}; {suspension}" if suspension else reason
 
     def _watch(self, stop: threading.Event) -> int:
         while not stop.wait(0.05):
             self.coordinator.expire_participants()
+            self.coordinator.refusals.flush()
             if self.outcome is None:
                 if self.coordinator.state == State.FINISHED:
                     self._finish()
@@ -486,7 +642,8 @@ class CoordinatorService:
         if not port:
             raise ConfigError("grpc_port", f"a port free on {cfg.grpc_host}", cfg.grpc_port)
         try:
-            status = StatusServer(cfg.status_host, cfg.status_port, self.snapshot)
+            context = self.tls.context if self.tls else None
+            status = StatusServer(cfg.status_host, cfg.status_port, self.snapshot, context)
         except OSError as exc:
             raise ConfigError("status_port", f"a port free on {cfg.status_host}", cfg.status_port) from exc
         self.grpc_address = f"{cfg.grpc_host}:{port}"
@@ -495,7 +652,7 @@ class CoordinatorService:
         ready = {
             "grpc": self.grpc_address,
             "grpc_port": port,
-            "status_url": f"http://{cfg.status_host}:{status.port}",
+            "status_url": f"{status.scheme}://{cfg.status_host}:{status.port}",
             "status_port": status.port,
             "pid": os.getpid(),
         }
@@ -510,13 +667,15 @@ class CoordinatorService:
         finally:
             server.stop(grace=1).wait()
             status.stop()
+            self.coordinator.refusals.flush(force=True)
 
 
 class Tls:
-    """The session's TLS key pair (files next to the config) and its certificate's SHA-256 fingerprint."""
+    """The session's TLS key pair (files next to the config), its certificate's SHA-256 fingerprint and a
+    server context with it (the status endpoint's)."""
 
-    def __init__(self, cert: bytes, key: bytes) -> None:
-        self.cert, self.key = cert, key
+    def __init__(self, cert: bytes, key: bytes, context: ssl.SSLContext) -> None:
+        self.cert, self.key, self.context = cert, key, context
         try:
             self.fingerprint = certificate_fingerprint(cert.decode())
         except ValueError:
@@ -538,9 +697,11 @@ class Tls:
                 raise ConfigError(
                     name, "a readable PEM file next to the config", f"{path.name} ({exc.strerror})"
                 ) from None
-        tls = cls(*contents)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        tls = cls(*contents, context)
         try:
-            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(*paths.values())
+            context.load_cert_chain(*paths.values())
         except ssl.SSLError:
             raise ConfigError("channel.tls_key", "the PEM private key of channel.tls_cert") from None
         return tls

@@ -11,7 +11,7 @@ from numpy import ndarray
 from xain_sdk.participant import Participant
 
 from airflow_nevermined_fl.runtime.config import ModelSpec
-from airflow_nevermined_fl.runtime.softmax import ModelError, SoftmaxRegression, validate_data
+from airflow_nevermined_fl.runtime.softmax import ModelError, SoftmaxRegression, held_out, validate_data
 
 
 def initial_weights(spec: ModelSpec) -> ndarray:
@@ -30,7 +30,10 @@ def final_arrays(spec: ModelSpec, weights: ndarray) -> dict[str, ndarray]:
 class SoftmaxParticipant(Participant):
     """The built-in participant: softmax regression on ``x`` (n, features) / ``y`` (n,) int labels.
 
-    A seeded ``val_fraction`` of the shard is held out; each epoch reports ``loss`` and ``accuracy`` on it.
+    A seeded ``val_fraction`` of the shard is held out: never trained on. Each round first scores the global
+    model it received on it (``global_loss``, ``global_accuracy``, ``global_rows``: the federated evaluation),
+    then each epoch reports the locally trained weights' ``loss`` and ``accuracy`` on it.
+    ``proximal_mu`` > 0: FedProx, each round's SGD pulled toward the global model it received.
     """
 
     def __init__(
@@ -41,27 +44,40 @@ class SoftmaxParticipant(Participant):
         batch_size: int = 32,
         val_fraction: float = 0.15,
         seed: int = 0,
+        proximal_mu: float = 0.0,
     ) -> None:
         super().__init__()
         x, y = np.asarray(data["x"], dtype=np.float64), np.asarray(data["y"]).astype(np.int64)
         self.model = SoftmaxRegression(x.shape[1], int(num_classes or y.max() + 1))
         rng = np.random.default_rng(seed)
-        order = rng.permutation(len(y))
-        n_val = int(round(len(y) * val_fraction)) if len(y) > 1 else 0
-        self.x_val, self.y_val = x[order[:n_val]], y[order[:n_val]]
-        self.x_train, self.y_train = x[order[n_val:]], y[order[n_val:]]
+        val, train = held_out(len(y), val_fraction, rng)
+        self.x_val, self.y_val = x[val], y[val]
+        self.x_train, self.y_train = x[train], y[train]
         self.learning_rate = learning_rate
         self.batch_size = batch_size
+        self.proximal_mu = proximal_mu
         self.rng = rng
 
     def init_weights(self) -> ndarray:
         return self.model.init_weights()
 
     def train_round(self, weights: ndarray, epochs: int, epoch_base: int) -> tuple[ndarray, int]:
+        loss, accuracy = self.model.evaluate(weights, self.x_val, self.y_val)
+        self.update_metrics(
+            0, epoch_base, global_loss=loss, global_accuracy=accuracy, global_rows=len(self.y_val)
+        )
+        anchor = weights
         for epoch in range(epochs):
             started = time.perf_counter()
             weights = self.model.sgd_epoch(
-                weights, self.x_train, self.y_train, self.rng, self.learning_rate, self.batch_size
+                weights,
+                self.x_train,
+                self.y_train,
+                self.rng,
+                self.learning_rate,
+                self.batch_size,
+                self.proximal_mu,
+                anchor,
             )
             seconds = time.perf_counter() - started
             loss, accuracy = self.model.evaluate(weights, self.x_val, self.y_val)

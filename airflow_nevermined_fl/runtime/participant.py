@@ -51,12 +51,16 @@ from airflow_nevermined_fl.runtime.channel import (
 )
 from airflow_nevermined_fl.runtime.config import ConfigError
 from airflow_nevermined_fl.runtime.models import ModelError, build_participant
-from airflow_nevermined_fl.runtime.storage import StorageError, byte_limit, http_get, http_put, load_npz
-from airflow_nevermined_fl.runtime.workload import ExitCode
+from airflow_nevermined_fl.runtime.storage import StorageError, byte_limit, http_get, http_post, load_npz
+from airflow_nevermined_fl.runtime.workload import UPLOAD_ACCEPTED, ExitCode
 
 logger = get_logger(__name__)
 
-RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+RETRYABLE = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,  # the coordinator throttles a host after many refused calls
+)
 
 
 class CoordinatorUnreachable(RuntimeError):
@@ -139,7 +143,7 @@ class GrantedUploadWriter:
 
     def write_weights(self, participant_id: str, round: int, weights: ndarray) -> None:  # noqa: A002
         body = arrays.encode(np.asarray(weights, dtype=np.float64))
-        http_put(self.seat.grant("upload-url"), "upload", body)
+        http_post(self.seat.grant("upload-form"), "upload", body)
 
 
 class _SdkChannel:
@@ -234,12 +238,15 @@ def run(
         try:
             # The SDK's begin_waiting/begin_training, as a loop (theirs recurses twice per round).
             while record.wait_until_selected_or_done() == psm.ParState.TRAINING:
+                round_ = record.lookup()[1]
                 try:
-                    psm.training_round(channel, internal, record.lookup()[1])
+                    psm.training_round(channel, internal, round_)
                 except grpc.RpcError as exc:
                     if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
                         raise
                     logger.info("Round called off by the coordinator", reason=exc.details())
+                else:  # the coordinator answered the end of round: the upload is in
+                    print(f"{UPLOAD_ACCEPTED} {round_}", flush=True)
                 record.update(psm.ParState.WAITING)
         finally:
             terminate.set()
@@ -262,6 +269,16 @@ def _positive(value: str) -> float:
         number = 0.0
     if not number > 0:
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {value!r}")
+    return number
+
+
+def _non_negative(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not 0 <= number < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}")
     return number
 
 
@@ -318,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=32, help="softmax: mini-batch size")
     parser.add_argument("--val-fraction", type=float, default=0.15, help="softmax: local validation split")
     parser.add_argument("--seed", type=int, default=0, help="softmax: shuffling and split seed")
+    parser.add_argument(
+        "--proximal-mu", type=_non_negative, default=0.0, help="softmax: FedProx's proximal term (0: none)"
+    )
     return parser
 
 
@@ -330,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": args.batch_size,
         "val_fraction": args.val_fraction,
         "seed": args.seed,
+        "proximal_mu": args.proximal_mu,
     }
     try:
         if args.batch_size < 1 or not 0 <= args.val_fraction < 1:

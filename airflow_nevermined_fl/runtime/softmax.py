@@ -55,10 +55,20 @@ class SoftmaxRegression:
         return float(loss), float(np.mean(proba.argmax(axis=1) == y))
 
     def sgd_epoch(
-        self, weights: ndarray, x: ndarray, y: ndarray, rng: np.random.Generator, lr: float, batch_size: int
+        self,
+        weights: ndarray,
+        x: ndarray,
+        y: ndarray,
+        rng: np.random.Generator,
+        lr: float,
+        batch_size: int,
+        mu: float = 0.0,
+        anchor: ndarray | None = None,
     ) -> ndarray:
-        """One pass over ``(x, y)`` in shuffled mini-batches; returns new weights."""
+        """One pass over ``(x, y)`` in shuffled mini-batches; returns new weights. ``mu`` > 0: FedProx's
+        proximal term ``mu/2·‖w − anchor‖²`` (anchor: the round's global model) joins the loss."""
         w, b = (part.copy() for part in self.split(weights))
+        w0, b0 = self.split(anchor if anchor is not None else weights)
         order = rng.permutation(len(y))
         for start in range(0, len(y), batch_size):
             idx = order[start : start + batch_size]
@@ -69,9 +79,17 @@ class SoftmaxRegression:
             grad /= grad.sum(axis=1, keepdims=True)
             grad[np.arange(len(yb)), yb] -= 1.0
             grad /= len(yb)
-            w -= lr * (xb.T @ grad)
-            b -= lr * grad.sum(axis=0)
+            w -= lr * (xb.T @ grad + mu * (w - w0))
+            b -= lr * (grad.sum(axis=0) + mu * (b - b0))
         return np.concatenate([w.ravel(), b])
+
+
+def held_out(rows: int, fraction: float, rng: np.random.Generator) -> tuple[ndarray, ndarray]:
+    """Row indices ``(held out, trained on)``: a random ``fraction`` of ``rows`` (none of a single row) that
+    training never sees."""
+    order = rng.permutation(rows)
+    n_val = int(round(rows * fraction)) if rows > 1 else 0
+    return order[:n_val], order[n_val:]
 
 
 def validate_data(data: dict[str, ndarray], name: str) -> None:

@@ -2,9 +2,11 @@
 
 A secure session holds no storage key: its coordinator gets *grants* (presigned URLs, one per object and
 method, issued by its provider's gateway) and hands each participant, per round, a grant to read the
-global model and one to write its own upload (:class:`Grants`). Objects under the session prefix:
-``global.npy``, ``uploads/<participant>.npy``, ``model/final.npz``, ``model/metadata.json``; weights are
-``.npy`` read by :mod:`.arrays`, checked against the session's model before anything is allocated.
+global model and one to write its own upload (:class:`Grants`). An upload grant is a presigned POST whose
+policy bounds the body's size (:func:`upload_limit`): the storage refuses anything larger. Objects under
+the session prefix: ``global.npy``, ``uploads/<participant>.npy``, ``model/final.npz``,
+``model/metadata.json``; weights are ``.npy`` read by :mod:`.arrays`, checked against the session's model
+before anything is allocated.
 
 A ``stock_sdk`` session (insecure) uses the bucket with the environment's keys
 (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, endpoint from the config or ``AWS_ENDPOINT_URL``) in xain
@@ -35,11 +37,13 @@ from numpy import ndarray
 
 from airflow_nevermined_fl.runtime import arrays
 from airflow_nevermined_fl.runtime.arrays import ArraySpec, RefusedPayload
-from airflow_nevermined_fl.runtime.config import StorageSpec
+from airflow_nevermined_fl.runtime.config import CUSTOM_MODEL, ModelSpec, StorageSpec
+from airflow_nevermined_fl.runtime.softmax import SoftmaxRegression
 
 MODEL_KEY = "model/final.npz"
 METADATA_KEY = "model/metadata.json"
 GLOBAL_KEY = "global.npy"
+NPY_PREAMBLE = 12  # magic, version and header length of a version 2.0 .npy
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 HTTP_TIMEOUT = (10.0, 60.0)  # connect, read
 RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)  # seconds between tries of a granted transfer
@@ -51,6 +55,16 @@ def byte_limit(spec: ArraySpec) -> int:
     if spec.shape is None:
         return DEFAULT_MAX_BYTES
     return 2 * math.prod(spec.shape) * np.dtype(spec.dtype).itemsize + 4096
+
+
+def upload_limit(model: ModelSpec) -> int:
+    """The most bytes a participant's upload may take: a float64 ``.npy`` of the built-in model's weights
+    (a header of at most :data:`arrays.MAX_HEADER_BYTES`); for a custom model, whose shape is known only
+    from its first upload, what the coordinator reads at most."""
+    if model.name == CUSTOM_MODEL:
+        return DEFAULT_MAX_BYTES
+    weights = SoftmaxRegression(model.num_features, model.num_classes).size
+    return NPY_PREAMBLE + arrays.MAX_HEADER_BYTES + weights * np.dtype(np.float64).itemsize
 
 
 def upload_key(participant: str) -> str:
@@ -120,10 +134,12 @@ class _Unavailable(Exception):
     """A failure worth another try: no connection, a time-out, a 5xx answer."""
 
 
-def _checked(response: requests.Response, name: str, what: str) -> requests.Response:
+def _checked(
+    response: requests.Response, name: str, what: str, ok: tuple[int, ...] = (200,)
+) -> requests.Response:
     if response.status_code >= 500:
         raise _Unavailable(f"HTTP {response.status_code}")
-    if response.status_code != 200:
+    if response.status_code not in ok:
         raise StorageError(f"{name}: cannot {what} (HTTP {response.status_code})")
     return response
 
@@ -164,6 +180,25 @@ def http_put(url: str, name: str, body: bytes, content_type: str = "application/
         _checked(requests.put(url, data=body, headers=headers, timeout=HTTP_TIMEOUT), name, "write")
 
     _retried(put, name, "write")
+
+
+def http_post(form: str, name: str, body: bytes) -> None:
+    """A granted POST: ``form`` is the JSON of a presigned POST (``{"url", "fields"}``), whose policy names
+    the object and bounds the body's size (the storage refuses a larger one)."""
+    try:
+        grant = json.loads(form)
+        url, fields = grant["url"], grant["fields"]
+        if not isinstance(url, str) or not isinstance(fields, dict):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        raise StorageError(f"{name}: malformed upload grant (expected a presigned POST)") from None
+
+    def post() -> None:
+        files = {"file": ("upload.npy", body, "application/octet-stream")}
+        response = requests.post(url, data=fields, files=files, timeout=HTTP_TIMEOUT)
+        _checked(response, name, "write", (200, 201, 204))
+
+    _retried(post, name, "write")
 
 
 def load_npz(data: bytes, name: str) -> dict[str, ndarray]:
@@ -213,12 +248,13 @@ class Exchange(abc.ABC):
 
 class Grants(Exchange):
     """A secure session's storage: presigned URLs only (``grants.json``: ``{"objects": {name: {"get"|"put":
-    url}}, "initial_model": {"get": url}}``), no key. Remembers the last global model's SHA-256, which the
+    url, "post": {"url", "fields"}}}, "initial_model": {"get": url}}``; uploads are written by POST), no
+    key. Remembers the last global model's SHA-256, which the
     participants check what they read against."""
 
     def __init__(self, spec: StorageSpec, grants: dict[str, Any]) -> None:
         super().__init__(spec)
-        self.objects: dict[str, dict[str, str]] = grants.get("objects") or {}
+        self.objects: dict[str, dict[str, Any]] = grants.get("objects") or {}
         self.initial: dict[str, str] = grants.get("initial_model") or {}
         self.global_sha256 = ""
 
@@ -228,19 +264,21 @@ class Grants(Exchange):
             grants = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise StorageError(f"channel.grants: cannot read {path.name} ({type(exc).__name__})") from None
-        expected = '{"objects": {name: {"get"|"put": url}}, "initial_model": {"get": url}}'
+        expected = '{"objects": {name: {"get"|"put": url, "post": {"url", "fields"}}}, "initial_model": ...}'
         objects = grants.get("objects") if isinstance(grants, dict) else None
         sections = [*(objects or {}).values(), grants.get("initial_model") or {}] if objects else []
         if not isinstance(objects, dict) or not all(
-            isinstance(section, dict) and all(isinstance(url, str) for url in section.values())
+            isinstance(section, dict) and all(_grant_ok(method, g) for method, g in section.items())
             for section in sections
         ):
             raise StorageError(f"channel.grants: expected {expected}")
         return cls(spec, grants)
 
     def url(self, name: str, method: str) -> str:
+        """The grant of ``method`` on ``name``: a URL, or for "post" the JSON of a presigned POST."""
         try:
-            return self.objects[name][method]
+            grant = self.objects[name][method]
+            return grant if isinstance(grant, str) else json.dumps(grant)
         except KeyError:
             raise StorageError(f"channel.grants: no {method.upper()} grant for {name}") from None
 
@@ -255,14 +293,14 @@ class Grants(Exchange):
             self.url(name, method)
         for participant in participants:
             self.url(upload_key(participant), "get")
-            self.url(upload_key(participant), "put")
+            self.url(upload_key(participant), "post")
 
     def round_grants(self, participant: str) -> dict[str, str]:
         """What a selected participant needs for a round: read the global model, write its upload."""
         return {
             "global_url": self.url(GLOBAL_KEY, "get"),
             "global_sha256": self.global_sha256,
-            "upload_url": self.url(upload_key(participant), "put"),
+            "upload_form": self.url(upload_key(participant), "post"),
         }
 
     def put(self, name: str, body: bytes, content_type: str = "application/octet-stream") -> None:
@@ -285,6 +323,18 @@ class Grants(Exchange):
         if "get" not in self.initial:
             raise StorageError("initial_model: no GET grant for it in channel.grants")
         return http_get(self.initial["get"], "initial_model")
+
+
+def _grant_ok(method: str, grant: Any) -> bool:
+    """A URL, or for "post" a presigned POST ``{"url": str, "fields": {str: str}}``."""
+    if method != "post":
+        return isinstance(grant, str)
+    fields = grant.get("fields") if isinstance(grant, dict) else None
+    return (
+        isinstance(fields, dict)
+        and isinstance(grant.get("url"), str)
+        and all(isinstance(value, str) for value in fields.values())
+    )
 
 
 class BucketExchange(Exchange):

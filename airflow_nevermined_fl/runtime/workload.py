@@ -47,6 +47,11 @@ class ExecutionState(_State):
 
 UNSUCCESSFUL = (ExecutionState.FAILED, ExecutionState.STOPPED)  # ended without success: never paid
 
+UPLOAD_ACCEPTED = "NVFL_UPLOAD_ACCEPTED"
+"""What a participant prints (``NVFL_UPLOAD_ACCEPTED <round>``, a line of its own) once the coordinator
+acknowledged its upload of a round: its provider's gateway settles a participant its consumer stops after
+that line (its data's work is in)."""
+
 
 class ExitCode(IntEnum):
     """Exit codes of the coordinator and the participant."""
@@ -79,6 +84,7 @@ def participant_args(
     heartbeat: float | None = None,
     num_classes: int | None = None,
     seed: int | None = None,
+    proximal_mu: float | None = None,
 ) -> list[str]:
     """The participant's arguments (``None``: the participant's default); see ``participant --help``.
     ``cert``, ``seat`` and ``data_url_file`` are files (the last two secret); ``data`` a local path."""
@@ -90,6 +96,7 @@ def participant_args(
         "--heartbeat": heartbeat,
         "--num-classes": num_classes,
         "--seed": seed,
+        "--proximal-mu": proximal_mu,
     }
     for flag, value in options.items():
         if value is not None:

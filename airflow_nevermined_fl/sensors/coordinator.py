@@ -235,12 +235,20 @@ class WaitForRoundsSensor(_CoordinatorSensor):
         status = event["coordinator"]
         metrics = status.get("rounds_metrics") or []
         final = metrics[-1] if metrics else {}
-        self.log.info("session finished: %d rounds, final accuracy %s", len(metrics), final.get("accuracy"))
+        self.log.info(
+            "session finished: %d rounds, global model's accuracy %s (federated evaluation)",
+            len(metrics),
+            final.get("global_accuracy"),
+        )
         return {
             "rounds": len(metrics),
             "rounds_metrics": metrics,
-            "final_accuracy": final.get("accuracy"),
-            "final_loss": final.get("loss"),
+            # The last round's global model scored by the participants on held-out rows (None when the
+            # model does not report it); the locally trained weights' scores beside, named for what they are.
+            "final_accuracy": final.get("global_accuracy"),
+            "final_loss": final.get("global_loss"),
+            "final_train_accuracy": final.get("accuracy"),
+            "final_train_loss": final.get("loss"),
             "model": status.get("model"),
             "refused_uploads": status.get("refused_uploads"),
         }

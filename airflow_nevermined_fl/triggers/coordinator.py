@@ -23,6 +23,9 @@ from airflow_nevermined_fl.runtime.workload import UNSUCCESSFUL, SessionState
 if TYPE_CHECKING:
     from logging import Logger
 
+LOG_DRAIN = 30.0
+"""Longest wait (s) at a session's end for the workloads' log streams to send their last lines."""
+
 # One poll's answer: the execution's status; a refusal (an HTTP error: final); None when the gateway did
 # not answer (unreachable: maybe a passing hiccup).
 Answer = dict[str, Any] | GatewayError | None
@@ -43,7 +46,7 @@ def poll(client: GatewayClient, agreement_id: str) -> Answer:
 
 def format_round(metrics: dict[str, Any]) -> str:
     parts = [f"round {metrics.get('round')} finished"]
-    for key in ("loss", "accuracy", "n_samples", "duration"):
+    for key in ("loss", "accuracy", "n_samples", "duration", "global_accuracy"):
         if metrics.get(key) is not None:
             value = metrics[key]
             parts.append(f"{key}={value:.4f}" if isinstance(value, float) else f"{key}={value}")
@@ -274,6 +277,17 @@ class SessionRoundsTrigger(_GatewayTrigger):
             client = await self._client()
             while (event := watch.see(await self._poll(client))) is None:
                 await asyncio.sleep(self.poll_interval)
+            # The session is over before its streams may have caught up: a participant's stream ends by
+            # itself once its workload ended and its gateway sent the rest, so its lines all reach the task
+            # log. The coordinator keeps serving its final status for a while: its stream is not awaited.
+            ending = [
+                s
+                for s, w in zip(streams, self.workloads, strict=True)
+                if w["agreement_id"] != self.agreement_id
+            ]
+            if ending:
+                drain = LOG_DRAIN if event["status"] == "success" else LOG_DRAIN / 6
+                await asyncio.wait(ending, timeout=drain)
         finally:
             for stream in streams:
                 stream.cancel()

@@ -19,6 +19,7 @@ from airflow_nevermined_fl.devtools import cli
 from airflow_nevermined_fl.devtools.devstack import chain
 
 
+@pytest.mark.chain
 def test_compiled_artifacts_cover_every_contract_and_warm_start_never_recompiles(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -47,6 +48,7 @@ def test_cache_key_follows_pins_and_contract_list(monkeypatch: pytest.MonkeyPatc
     assert contracts_compile.artifacts_key() != key
 
 
+@pytest.mark.chain
 def test_chain_up_reuse_down(tmp_path: Path) -> None:
     state = chain.up(tmp_path, None)
     try:

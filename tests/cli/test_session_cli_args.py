@@ -153,10 +153,24 @@ def test_the_parser_has_the_session_commands_and_refuses_a_password_flag(
 
 
 def test_round_lines_from_xcom_and_from_the_coordinator() -> None:
-    xcom = {"round": 1, "loss": 0.51234, "accuracy": 0.875, "n_samples": 300, "duration": 1.234}
-    assert render_round(xcom) == "round 1: loss 0.5123  accuracy 0.8750  300 samples  1.23s"
+    xcom = {
+        "round": 1,
+        "global_accuracy": 0.8125,
+        "global_loss": 0.7,
+        "loss": 0.51234,
+        "accuracy": 0.875,
+        "n_samples": 300,
+        "duration": 1.234,
+    }
+    assert render_round(xcom) == (
+        "round 1: accuracy 0.8125  loss 0.7000  (local training: accuracy 0.8750  loss 0.5123)"
+        "  300 samples  1.23s"
+    )
+    # a model that does not score the global model (a custom or stock-SDK one): no "accuracy" to show
     live = {"round": 0, "loss": None, "accuracy": 0.5, "participants": 3, "duration": 2}
-    assert render_round(live) == "round 0: loss -  accuracy 0.5000  3 participants  2.00s"
+    assert render_round(live) == (
+        "round 0: accuracy -  loss -  (local training: accuracy 0.5000  loss -)  3 participants  2.00s"
+    )
 
 
 def test_the_client_reads_the_rounds_plugin_route() -> None:

@@ -14,11 +14,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from airflow_nevermined_fl.gateway.launchers import Workload
 from airflow_nevermined_fl.gateway.launchers.local import LocalLauncher
 from airflow_nevermined_fl.paths import PROJECT_DIR
+from airflow_nevermined_fl.runtime import status as coordinator_status
+from airflow_nevermined_fl.runtime.config import ChannelSpec
 
 if TYPE_CHECKING:
     from stalled_servers import RpcProxy
@@ -248,9 +248,10 @@ def coordinator_at_round(
             workload = Workload.from_dict(json.loads(record.read_text()))
             if workload.started < started_after:
                 continue
-            try:
-                status = httpx.get(f"http://{workload.endpoints['status']}/status", timeout=1).json()
-            except httpx.HTTPError:
+            try:  # over TLS, pinned to the session certificate the gateway wrote next to the record
+                cert = (record.parent / ChannelSpec.tls_cert).read_text()
+                status = coordinator_status.fetch(f"https://{workload.endpoints['status']}", 1, cert)
+            except (OSError, ValueError):
                 continue
             if status["round"] >= round_:
                 return workload
@@ -258,9 +259,14 @@ def coordinator_at_round(
     raise TimeoutError(f"no coordinator reached round {round_} within {timeout}s")
 
 
-def child_pids(pid: int) -> list[int]:
-    """The children of process ``pid`` (e.g. a workload under its exit-code shell)."""
-    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+def runtime_pid(pid: int) -> int:
+    """The FL runtime process (coordinator or participant) of a local workload: the last of the line of
+    single children under ``pid`` (its exit-code shell, then the policy's wall-time ``timeout``)."""
+    children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    if not children:
+        return pid
+    (only,) = children
+    return runtime_pid(only)
 
 
 def gateway_workloads(stack: Stack, agreement_ids: set[str]) -> list[tuple[LocalLauncher, Workload]]:

@@ -13,11 +13,11 @@ from pathlib import Path
 from dagstack import (
     Stack,
     assert_failed_and_refunded,
-    child_pids,
     coordinator_at_round,
     gateway_workloads,
     payments,
     run_with_fault,
+    runtime_pid,
     seconds_to,
 )
 
@@ -28,7 +28,7 @@ def test_coordinator_killed_mid_session(stack: Stack, tmp_path: Path) -> None:
 
     def kill(started: float) -> float:
         coordinator = coordinator_at_round(stack, started, 1, timeout=300)
-        (python,) = child_pids(coordinator.details["pid"])  # the coordinator under its exit-code shell
+        python = runtime_pid(coordinator.details["pid"])
         os.kill(python, signal.SIGKILL)
         return time.time()
 

@@ -28,6 +28,7 @@ def _environ(pid: int) -> dict[str, str]:
     return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
 
 
+@pytest.mark.runtime
 def test_start_find_stop_from_another_process(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_SHOULD_NOT_LEAK", "postgres://user:pw@host/db")
     launcher = get_launcher("local")
@@ -67,6 +68,7 @@ def test_start_find_stop_from_another_process(monkeypatch: pytest.MonkeyPatch) -
     assert launcher.find("launcher_test", "other-run") == []
 
 
+@pytest.mark.runtime
 def test_exit_code_and_logs_of_a_finished_workload() -> None:
     launcher = LocalLauncher()
     workload = launcher.start(
@@ -89,6 +91,7 @@ def test_unknown_backend_is_refused() -> None:
         get_launcher("cloud")
 
 
+@pytest.mark.runtime
 def test_dataset_and_secret_files(tmp_path: Path) -> None:
     """``{dataset}`` is the spec's dataset; secret files are the workload's alone and never recorded."""
     dataset = tmp_path / "shard.json"

@@ -15,11 +15,11 @@ from pathlib import Path
 from dagstack import (
     Stack,
     assert_failed_and_refunded,
-    child_pids,
     gateway_workloads,
     payments,
     process_gone,
     run_with_fault,
+    runtime_pid,
     seconds_to,
 )
 
@@ -46,7 +46,7 @@ def _kill(stack: Stack, names: tuple[str, ...], started_after: float) -> float:
     workloads = [_participant(stack, name, started_after, timeout=120) for name in names]
     time.sleep(3)  # a few rounds with all three
     for workload in workloads:
-        (python,) = child_pids(int(workload.details["pid"]))  # the participant under its exit-code shell
+        python = runtime_pid(int(workload.details["pid"]))
         os.kill(python, signal.SIGKILL)
     return time.time()
 

@@ -46,7 +46,13 @@ UNKNOWN_DID = "did:nv:" + "0f" * 32
             {"model": {"name": "softmax", "num_features": 32, "num_classes": 10}},
             "conf.model.num_features: 32, but provider-1's dataset",
         ),
+        (  # a model outside the providers' published policies (issue 19): refused from their DDOs
+            {"model": {"name": "subprocess:Popen"}},
+            "conf.coordinator.did: coordinator's policy refuses this session: policy.models: "
+            "'subprocess:Popen' is not an allowed model",
+        ),
     ],
+    ids=["min-participants", "max-price", "unknown-did", "model-size", "unlisted-model"],
 )
 def test_conf_is_checked_again_at_run_start(
     api: Api, stack: Stack, overrides: dict[str, Any], message: str
@@ -104,7 +110,8 @@ def test_session_over_rest(api: Api, stack: Stack) -> None:
     state, client = api.state, api.client
     airflow.upload_heldout(stack.s3)  # what fl_model_evaluation evaluates each published model on
     before = stack.balances()
-    run_id = client.trigger(DAG, stack.conf())["dag_run_id"]
+    strategy = {"name": "fedavgm", "eta": 1.0, "momentum": 0.5}  # a server optimiser, end to end
+    run_id = client.trigger(DAG, {**stack.conf(), "strategy": strategy})["dag_run_id"]
     seen: dict[str, set[str]] = {}
     deadline = time.monotonic() + 600
     while client.run(DAG, run_id)["state"] not in ("success", "failed"):
@@ -141,6 +148,7 @@ def test_session_over_rest(api: Api, stack: Stack) -> None:
     bearer = {"Authorization": f"Bearer {api.token()}"}
     ddo = httpx.get(links["Model DDO"], headers=bearer).json()  # the plugin serves it
     assert ddo["id"] == summary["model_did"] and ddo["proof"]["creator"] == stack.accounts()["consumer"]
+    assert ddo["service"][0]["attributes"]["main"]["metrics"]["strategy"] == strategy
     # The model's asset event scheduled fl_model_evaluation, which evaluated that model.
     evaluation = _created_run(api, run_id, timeout=120)
     assert client.wait_run(EVALUATION, evaluation, timeout=120)["state"] == "success"

@@ -94,7 +94,7 @@ def test_run_wait_then_ls_status_logs(
     status = session("status", run_id)
     assert status.returncode == 0, status.stderr
     assert f"run {run_id} of {DAG}: success" in status.stdout and "rounds: 2 of 2" in status.stdout
-    assert "  round 1: loss " in status.stdout and "\nmodel: did:nv:" in status.stdout
+    assert "  round 1: accuracy " in status.stdout and "\nmodel: did:nv:" in status.stdout
     shown = json.loads(session("status", run_id, "--json").stdout)
     assert shown["model_did"].startswith("did:nv:") and [r["round"] for r in shown["rounds"]] == [0, 1]
     assert set(shown["tasks"].values()) == {"success"} and len(shown["payments"]) == 4
@@ -139,7 +139,7 @@ def test_stop_ends_a_long_session_through_its_teardown(
     _until(lambda: len((api.client.live_rounds(DAG, run_id) or {}).get("rounds") or []) >= 1, 120, "no round")
     live = session("status", run_id)
     assert f"run {run_id} of {DAG}: running" in live.stdout and "rounds: " in live.stdout, live.stderr
-    assert " of 500" in live.stdout and "  round 0: loss " in live.stdout  # the coordinator's, so far
+    assert " of 500" in live.stdout and "  round 0: accuracy " in live.stdout  # the coordinator's, so far
     follow = subprocess.Popen(
         [str(NVFL), "session", "logs", run_id, "--task", "wait_for_rounds", "--follow"],
         stdout=subprocess.PIPE,

@@ -17,6 +17,7 @@ import pytest
 from eth_account import Account
 
 from airflow_nevermined_fl import process
+from airflow_nevermined_fl.contracts.keeper import HOOK_CONTRACTS
 from airflow_nevermined_fl.protocol import API, auth
 from airflow_nevermined_fl.triggers.coordinator import CoordinatorUrlTrigger, SessionRoundsTrigger
 
@@ -25,6 +26,7 @@ CONSUMER = Account.create()
 AUDIENCE = Account.create().address
 AGREEMENT = "0x" + "ab" * 32
 CONN_ID = "nvfl_trigger_consumer"
+CHAIN_ID = 31337
 
 
 def run_inline(trigger: Any) -> dict[str, Any]:
@@ -40,7 +42,9 @@ def run_inline(trigger: Any) -> dict[str, Any]:
 
 @pytest.fixture(autouse=True)
 def consumer_connection(monkeypatch: pytest.MonkeyPatch) -> None:
-    conn = {"conn_type": "nevermined", "password": CONSUMER.key.to_0x_hex(), "extra": {}}
+    addresses = {name: Account.create().address for name in HOOK_CONTRACTS}  # never called: no chain here
+    extra = {"chain_id": CHAIN_ID, "addresses": addresses}
+    conn = {"conn_type": "nevermined", "password": CONSUMER.key.to_0x_hex(), "extra": extra}
     monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(conn))
 
 
@@ -50,11 +54,15 @@ class GatewayServer:
     def __init__(self, script: Script) -> None:
         calls = {"n": 0}
         guard = auth.ReplayGuard()
+        server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802
-                path = f"{API}/compute/status/{AGREEMENT}"
-                signer = auth.verify(self.headers, "GET", self.path, AUDIENCE, b"", guard, 60)
+                path, audience = (
+                    f"{API}/compute/status/{AGREEMENT}",
+                    auth.Audience(CHAIN_ID, AUDIENCE, server.url),
+                )
+                signer = auth.verify(self.headers, "GET", self.path, "", audience, b"", guard, 60)
                 assert self.path == path and signer == CONSUMER.address
                 calls["n"] += 1
                 body = json.dumps(script(calls["n"])).encode()
@@ -101,7 +109,16 @@ def running(coordinator: dict[str, Any] | None, **fields: Any) -> dict[str, Any]
 
 
 def metrics(n: int) -> list[dict[str, Any]]:
-    return [{"round": r, "loss": 1.0 / (r + 1), "accuracy": 0.5 + r / 10, "n_samples": 9} for r in range(n)]
+    return [
+        {
+            "round": r,
+            "loss": 1.0 / (r + 1),
+            "accuracy": 0.5 + r / 10,
+            "n_samples": 9,
+            "global_accuracy": 0.4 + r / 10,
+        }
+        for r in range(n)
+    ]
 
 
 def gateway(url: str) -> dict[str, Any]:

@@ -218,9 +218,10 @@ def test_rounds_tab_follows_the_session_then_shows_it_finished(
     assert frame.locator("#final-accuracy").inner_text() == f"{result['final_accuracy']:.4f}"
     rows = [row.locator("td").all_inner_texts() for row in frame.locator("#rounds tr").all()]
     expected = [
-        [str(m["round"]), f"{m['loss']:.4f}", f"{m['accuracy']:.4f}"] for m in result["rounds_metrics"]
+        [str(m["round"]), *(f"{m[k]:.4f}" for k in ("global_accuracy", "global_loss", "accuracy", "loss"))]
+        for m in result["rounds_metrics"]
     ]
-    assert [row[:3] for row in rows] == expected and len(rows) == ROUNDS
-    assert frame.locator("#chart-loss .point").count() == ROUNDS
+    assert [row[:5] for row in rows] == expected and len(rows) == ROUNDS
+    assert frame.locator("#chart-loss .point").count() == 2 * ROUNDS  # the global model's, local training
     assert frame.locator("#chart-uploads .bar").count() == 2 * ROUNDS
     screenshots.take(ui, "finished")

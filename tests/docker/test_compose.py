@@ -176,6 +176,7 @@ def test_connections_parse_as_airflow_connections(env_values: Any) -> None:
     assert storage.extra_dejson == {"endpoint_url": "http://127.0.0.1:8333", "bucket": "nvfl"}
 
 
+@pytest.mark.docker
 def test_no_default_secrets_and_a_clear_error_without_env(env_values: Any, tmp_path: Path) -> None:
     values, _ = env_values
     text = COMPOSE_FILE.read_text()

@@ -23,6 +23,7 @@ from airflow_nevermined_fl.devtools.devstack import chain, s3
 from airflow_nevermined_fl.gateway.launchers import Workload
 from airflow_nevermined_fl.gateway.launchers.base import run_key
 from airflow_nevermined_fl.gateway.launchers.local import LocalLauncher
+from airflow_nevermined_fl.protocol import auth
 from airflow_nevermined_fl.protocol.client import GatewayClient
 
 NVFL = Path(sys.executable).parent / "nvfl"
@@ -50,6 +51,7 @@ def gateway_config(
     services: list[dict[str, Any]],
     listen: dict[str, Any],
     max_executions: int = 4,
+    backend: dict[str, Any] | None = None,
 ) -> Path:
     """Write a gateway's key file, storage credentials and config under ``directory``; the config's path."""
     creds = {"access_key": s3_state["access_key"], "secret_key": s3_state["secret_key"]}
@@ -64,7 +66,7 @@ def gateway_config(
         },
         "listen": listen,
         "state_dir": str(directory / "state"),
-        "backend": {"type": "local"},
+        "backend": backend or {"type": "local"},
         "storage": {
             "endpoint_url": s3_state["endpoint"],
             "bucket": s3_state["bucket"],
@@ -126,13 +128,16 @@ def start_gateway(
     services: list[dict[str, Any]],
     tls: tuple[Path, Path] | None = None,
     max_executions: int = 4,
+    backend: dict[str, Any] | None = None,
 ) -> Gateway:
     """Publish the gateway's services (``nvfl gateway publish``), then serve it as its own process."""
     port = process.free_port()
     listen: dict[str, Any] = {"host": "127.0.0.1", "port": port}
     if tls:
         listen.update(tls_cert=str(tls[0]), tls_key=str(tls[1]))
-    config = gateway_config(directory, name, account, chain_state, s3_state, services, listen, max_executions)
+    config = gateway_config(
+        directory, name, account, chain_state, s3_state, services, listen, max_executions, backend
+    )
     published = nvfl("gateway", "publish", "--config", str(config), "--json")
     assert published.returncode == 0, published.stderr
     pid = process.start([str(NVFL), "gateway", "serve", "--config", str(config)], directory / "gateway.log")
@@ -181,6 +186,7 @@ class Consumer:
             )
         )
         self.address = self.keeper.address
+        self.chain_id: int = chain_state["chain_id"]
         self.s3 = s3.client(s3_state)
         self.bucket = s3_state["bucket"]
 
@@ -192,7 +198,12 @@ class Consumer:
             address=self.address,
             sign=sign or self.keeper.sign_message,
             ca_file=gateway.ca_file,
+            chain_id=self.chain_id,
         )
+
+    def audience(self, gateway: Gateway) -> auth.Audience:
+        """What the consumer's signatures for ``gateway`` bind: the chain, its address and its URL."""
+        return auth.Audience(self.chain_id, gateway.address, gateway.endpoint)
 
     def raw(
         self, gateway: Gateway, method: str, path: str, body: bytes, headers: dict[str, str]

@@ -77,6 +77,7 @@ def test_coordinator_execute_status_logs_stop(
         audience=coordinator_gw.address,
         address=other.address,
         sign=lambda text: other.sign_message(encode_defunct(text=text)).signature.to_0x_hex(),
+        chain_id=consumer.chain_id,
     )
     for call in (stranger.status, stranger.logs, stranger.stop):
         with pytest.raises(GatewayError) as err:

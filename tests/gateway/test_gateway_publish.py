@@ -16,6 +16,7 @@ from airflow_nevermined_fl import ddo, process
 from airflow_nevermined_fl.contracts.client import connect
 from airflow_nevermined_fl.devtools.devstack import chain
 from airflow_nevermined_fl.protocol.client import GatewayClient, GatewayError
+from airflow_nevermined_fl.protocol.policy import Policy
 
 
 def test_publish_is_idempotent(data_gw: Gateway, gw_chain: dict[str, Any]) -> None:
@@ -79,6 +80,7 @@ def test_info_lists_the_services(data_gw: Gateway, coordinator_gw: Gateway, cons
             "price": a["price"],
             "ready": True,
             "reason": None,
+            "policy": Policy().public(),
         }
         for a in data_gw.assets
     ]

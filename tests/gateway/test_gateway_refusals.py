@@ -70,7 +70,7 @@ def test_invalid_signature(
     _refused(coordinator_gw, order, 401, "invalid signature", _execute_error(forged, order))
     path, body = _request(order)  # the consumer's own signature, but for another gateway
     headers = auth.signed_headers(
-        consumer.keeper.sign_message, consumer.address, "POST", path, data_gw.address, body
+        consumer.keeper.sign_message, consumer.address, "POST", path, consumer.audience(data_gw), body
     )
     answer = consumer.raw(coordinator_gw, "POST", path, body, headers)
     _refused(coordinator_gw, order, 401, "invalid signature", answer)
@@ -79,7 +79,7 @@ def test_invalid_signature(
 def test_expired_signature(coordinator_gw: Gateway, consumer: Consumer, order: dict[str, Any]) -> None:
     path, body = _request(order)
     timestamp, nonce = int(time.time()) - 3600, secrets.token_hex(16)
-    text = auth.message("POST", path, coordinator_gw.address, body, timestamp, nonce)
+    text = auth.message("POST", path, "", consumer.audience(coordinator_gw), body, timestamp, nonce)
     headers = dict(
         zip(
             auth.HEADERS,
@@ -95,7 +95,7 @@ def test_replayed_signature(coordinator_gw: Gateway, consumer: Consumer, order: 
     order["agreement"] = consumer.agreement(coordinator_gw, "coordinator", lock=False)
     path, body = _request(order)
     headers = auth.signed_headers(
-        consumer.keeper.sign_message, consumer.address, "POST", path, coordinator_gw.address, body
+        consumer.keeper.sign_message, consumer.address, "POST", path, consumer.audience(coordinator_gw), body
     )
     first = consumer.raw(coordinator_gw, "POST", path, body, headers)
     _refused(coordinator_gw, order, 409, "is not locked", first)
@@ -106,7 +106,11 @@ def test_replayed_signature(coordinator_gw: Gateway, consumer: Consumer, order: 
 def test_signer_not_the_consumer(coordinator_gw: Gateway, order: dict[str, Any]) -> None:
     other = Account.create()
     client = GatewayClient(
-        coordinator_gw.endpoint, audience=coordinator_gw.address, address=other.address, sign=_signer(other)
+        coordinator_gw.endpoint,
+        audience=coordinator_gw.address,
+        address=other.address,
+        sign=_signer(other),
+        chain_id=chain.CHAIN_ID,
     )
     _refused(
         coordinator_gw,
@@ -147,7 +151,7 @@ def test_time_out_shorter_than_the_session(
     """The consumer could refund before an honest session (600 s here) ends: refused before any launch."""
     order["agreement"] = consumer.agreement(coordinator_gw, "coordinator", time_out=100)
     error = _execute_error(consumer.client(coordinator_gw), order)
-    _refused(coordinator_gw, order, 409, "times out after 100 blocks, before the session could end", error)
+    _refused(coordinator_gw, order, 409, "blocks, before the session could end (610 blocks needed)", error)
 
 
 def test_workflow_ddo_checksum_mismatch(
@@ -177,7 +181,7 @@ def test_path_and_body_agreement_differ(
     other = "0x" + "ab" * 32
     path, body = f"{API}/compute/execute/{other}", json.dumps(order).encode()
     headers = auth.signed_headers(
-        consumer.keeper.sign_message, consumer.address, "POST", path, coordinator_gw.address, body
+        consumer.keeper.sign_message, consumer.address, "POST", path, consumer.audience(coordinator_gw), body
     )
     answer = consumer.raw(coordinator_gw, "POST", path, body, headers)
     _refused(coordinator_gw, order, 400, "differs from the body's agreement.agreement_id", answer)
@@ -215,6 +219,7 @@ def test_participant_before_the_coordinator_is_published(
 )
 def test_participant_refuses_a_coordinator_its_provider_did_not_announce(
     data_gw: Gateway,
+    coordinator_gw: Gateway,
     consumer: Consumer,
     manifest: dict[str, Any],
     order: dict[str, Any],
@@ -230,10 +235,14 @@ def test_participant_refuses_a_coordinator_its_provider_did_not_announce(
     cert = key_pair(session_id, 600).cert_pem
     provider_key = chain.account(chain.COORDINATOR_PROVIDER).key.to_0x_hex()
     consumer_key = chain.account(chain.CONSUMER).key.to_0x_hex()
+    paid = consumer.agreement(coordinator_gw, "coordinator")  # a real, locked coordinator agreement
     forged = {
-        "consumer-signed": announce.sign(consumer_key, session_id, "127.0.0.1:1", cert),
-        "other-session": announce.sign(provider_key, "another-session", "127.0.0.1:1", cert),
-        "tampered-url": {**announce.sign(provider_key, session_id, "127.0.0.1:1", cert), "url": "10.0.0.1:1"},
+        "consumer-signed": announce.sign(consumer_key, session_id, "127.0.0.1:1", cert, paid),
+        "other-session": announce.sign(provider_key, "another-session", "127.0.0.1:1", cert, paid),
+        "tampered-url": {
+            **announce.sign(provider_key, session_id, "127.0.0.1:1", cert, paid),
+            "url": "10.0.0.1:1",
+        },
     }[forgery]
     consumer.annotate(coordinator_did, coordinatorUrl="127.0.0.1:1", coordinatorAnnouncement=forged)
     participant = {

@@ -56,7 +56,9 @@ def test_session_settled_by_the_providers(
 
     done = settled(coordinator_client, coordinator)
     assert done["state"] == "finished" and done["coordinator"]["state"] == "FINISHED"
-    assert done["coordinator"]["model"]["url"].startswith(f"s3://nvfl/sessions/{session_id}/")
+    assert done["coordinator"]["model"]["url"].startswith(
+        f"s3://nvfl/sessions/{coordinator['agreement_id']}/"
+    )
     assert done["settlement"]["compute_tx"] and done["settlement"]["release_tx"]
     trained = settled(participant_client, participant)
     assert (trained["state"], trained["exit_code"], trained["coordinator"]) == ("finished", 0, None)

@@ -1,4 +1,5 @@
-"""An in-memory stand-in for the few core/v1 API calls the Kubernetes launcher makes, over real HTTP.
+"""An in-memory stand-in for the few core/v1 and networking.k8s.io/v1 API calls the Kubernetes launcher
+makes, over real HTTP.
 
 Only for exercising the launcher's call sequence (create, label queries, owner references, delete, logs)
 with the real ``kubernetes`` client and ``KubernetesHook`` on this machine, where no cluster can run.
@@ -20,7 +21,13 @@ from urllib.parse import parse_qs, urlparse
 
 from airflow_nevermined_fl import process
 
-KINDS = {"pods": "Pod", "services": "Service", "configmaps": "ConfigMap", "secrets": "Secret"}
+KINDS = {
+    "pods": "Pod",
+    "services": "Service",
+    "configmaps": "ConfigMap",
+    "secrets": "Secret",
+    "networkpolicies": "NetworkPolicy",
+}
 NODE = {
     "apiVersion": "v1",
     "kind": "Node",
@@ -30,7 +37,10 @@ NODE = {
         "conditions": [{"type": "Ready", "status": "True"}],
     },
 }
-_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/(pods|services|configmaps|secrets)(?:/([^/]+))?(/log)?$")
+_PATH = re.compile(
+    r"^/(?:api/v1/namespaces/([^/]+)/(pods|services|configmaps|secrets)"
+    r"|apis/networking\.k8s\.io/v1/namespaces/([^/]+)/(networkpolicies))(?:/([^/]+))?(/log)?$"
+)
 NOW = "2026-11-27T23:00:00Z"
 
 
@@ -139,7 +149,8 @@ class FakeApiServer:
             match = _PATH.match(parsed.path)
             if not match:
                 return 404, _status(404, "NotFound", parsed.path)
-            ns, plural, name, log = match.groups()
+            core_ns, core, networking_ns, networking, name, log = match.groups()
+            ns, plural = core_ns or networking_ns, core or networking
             if method == "POST" and not name:
                 return self._create(plural, ns, body or {})
             if method == "GET" and not name:

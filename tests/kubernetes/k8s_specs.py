@@ -10,6 +10,7 @@ from airflow_nevermined_fl.gateway.launchers import Labels, WorkloadSpec
 
 IMAGE = f"{ddo.RUNTIME_IMAGE}:0.1.0"
 SECRET = "s3-secret-value-never-in-a-pod-spec"
+STORAGE = {"bucket": "nvfl", "prefix": "sessions/0xa1", "endpoint": "http://10.0.0.5:8333"}
 
 # Every provider option set (dataset volume: host path; the PVC variant is derived in the tests).
 FULL_CONFIG: dict[str, Any] = {
@@ -58,7 +59,7 @@ def coordinator_spec(**overrides: Any) -> WorkloadSpec:
             "module": ddo.COORDINATOR_MODULE,
             "args": ["--config", "{workdir}/session.json", "--status-file", "{workdir}/status-port"],
             "ports": {"grpc": 50051, "status": 50052},
-            "files": {"session.json": json.dumps({"session_id": "s1", "rounds": 3})},
+            "files": {"session.json": json.dumps({"session_id": "s1", "rounds": 3, "storage": STORAGE})},
             "secret_env": {"AWS_ACCESS_KEY_ID": "AKIDTEST", "AWS_SECRET_ACCESS_KEY": SECRET},
             "image": IMAGE,
             **overrides,

@@ -1,7 +1,8 @@
 """Real FL sessions on a real Kubernetes cluster (kind, k3s, any): coordinator pod + Service and two
-participant pods fetching their shards from S3, rounds to FINISHED, then teardown leaves no object of
-the run; the same with the participants outside the cluster (local processes reaching the published
-NodePort / LoadBalancer URL); and a failed start (image that cannot be pulled) torn down without orphans.
+participant pods fetching their shards from S3, rounds to FINISHED, then teardown leaves no object of the
+run (each pod had its NetworkPolicy while it ran); the same with the participants outside the cluster
+(local processes reaching the published NodePort / LoadBalancer URL); and a failed start (image that cannot
+be pulled) torn down without orphans.
 
 Runs only when ``NVFL_TEST_KUBECONFIG`` names a kubeconfig; otherwise skips with the reason (``-ra``).
 No cluster can run on the development machine. See docs/kubernetes.md for kind / k3s.
@@ -116,6 +117,8 @@ def _run_to_finished(session: Any, launcher: KubernetesLauncher) -> dict[str, An
         assert coordinator.endpoints.keys() == {"grpc", "status"}
         session.wait_healthy(coordinator, timeout=300)
         participants = session.start_participants(coordinator)
+        running = launcher.run_objects(session.dag_id, session.run_id)
+        assert sorted(running["network_policy"]) == sorted(running["pod"])  # each pod confined as it runs
         status = session.wait_ended(coordinator, timeout=600)
         found = launcher.find(session.dag_id, session.run_id)
         assert coordinator.id in [w.id for w in found]

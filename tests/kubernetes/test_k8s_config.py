@@ -47,6 +47,9 @@ BAD_CONFIGS = [
     ({"grace_period_seconds": -1}, "extra.nvfl.grace_period_seconds"),
     ({"advertised_host": "http://x"}, "extra.nvfl.advertised_host"),
     ({"replicas": 3}, "extra.nvfl: Additional properties are not allowed ('replicas' was unexpected)"),
+    ({"egress": [{"cidr": "s3.example", "ports": [443]}]}, "extra.nvfl.egress[0].cidr: 's3.example' is not"),
+    ({"egress": [{"cidr": "10.0.0.0/8", "ports": [0]}]}, "extra.nvfl.egress[0].ports[0]: 0 is less than"),
+    ({"egress": [{"cidr": "10.0.0.0/8"}]}, "extra.nvfl.egress[0]: 'ports' is a required property"),
 ]
 
 

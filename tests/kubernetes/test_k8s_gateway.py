@@ -68,7 +68,9 @@ def test_devstack_gateways_on_a_cluster(
                 assert service.dataset == f"s3://{seaweed['bucket']}/datasets/{name}/{gateways.DATASET}"
             info = GatewayClient(entry["url"], audience=entry["address"]).info()
             assert info["backend"] == {"type": "kubernetes", "healthy": True}
-            assert [s["ready"] for s in info["services"]] == [True], info  # e.g. the dataset is on S3
+            assert [(s["ready"], s["reason"]) for s in info["services"]] == [
+                (True, None)
+            ]  # e.g. the dataset is on S3
     finally:
         gateways.down(state)
 
@@ -104,7 +106,7 @@ def test_a_refused_launch_names_no_dataset_location(
         container={
             "entrypoint": f"python -m {ddo.PARTICIPANT_MODULE}",
             "image": IMAGE.split(":")[0],
-            "tag": "0",
+            "tag": IMAGE.split(":")[1],  # the image the policy allows: the cluster's refusal is tested
         },
         session_id="s-1",
         coordinator_url="203.0.113.7:30001",
@@ -112,10 +114,13 @@ def test_a_refused_launch_names_no_dataset_location(
         model={"name": "softmax", "num_classes": 10},
         heartbeat=1.0,
         session_timeout=600,
+        rounds=1,
         dataset=HIDDEN_DATASET,
     )
     order = SimpleNamespace(
-        service=config.services[0], agreement=SimpleNamespace(agreement_id="0x" + "1" * 64), plan=plan
+        service=config.services[0],
+        agreement=SimpleNamespace(agreement_id="0x" + "1" * 64, consumer="0x" + "2" * 40),
+        plan=plan,
     )
     with pytest.raises(Refusal) as refused:
         executions._launch(order)  # type: ignore[arg-type]

@@ -22,7 +22,7 @@ NS = "fl"
 
 def run_objects(api: FakeApiServer, dag_id: str, run_id: str) -> dict[str, list[str]]:
     selector = dict(p.split("=") for p in m.run_selector(dag_id, run_id).split(","))
-    kinds = ("pods", "services", "configmaps", "secrets")
+    kinds = ("pods", "services", "configmaps", "secrets", "networkpolicies")
     return {
         k: [o["metadata"]["name"] for o in api.of(k, NS, selector)] for k in kinds if api.of(k, NS, selector)
     }
@@ -99,6 +99,7 @@ def test_session_lifecycle(api: FakeApiServer, conn: Callable[..., str]) -> None
         "pods": [pod],
         "configmaps": [pod],
         "secrets": [pod, f"{pod}-files"],
+        "networkpolicies": [pod],
     }
     launcher.stop_run("fl_session", other_run)
     assert run_objects(api, "fl_session", other_run) == {}
@@ -164,9 +165,15 @@ def test_two_clusters_one_connection_each(tmp_path: Path, k8s_conn: Callable[...
         spec = participant_spec("/data/provider-1.npz")
         spec.args[spec.args.index("--coordinator") + 1] = coord.endpoints["grpc"]
         part = data_side.start(spec)
-        assert {k[0] for k in compute.objects} == {"pods", "services", "configmaps", "secrets"}
+        assert {k[0] for k in compute.objects} == {
+            "pods",
+            "services",
+            "configmaps",
+            "secrets",
+            "networkpolicies",
+        }
         kinds = {k[:2] for k in data.objects}
-        assert kinds == {("pods", "fl-data"), ("configmaps", "fl-data"), ("secrets", "fl-data")}
+        assert kinds == {(k, "fl-data") for k in ("pods", "configmaps", "secrets", "networkpolicies")}
         pod = data.objects[("pods", "fl-data", part.details["pod"])]
         assert pod["spec"]["containers"][0]["args"][1] == "198.51.100.10:50051"  # the published LB address
         claim = {"name": "dataset", "persistentVolumeClaim": {"claimName": "shards", "readOnly": True}}

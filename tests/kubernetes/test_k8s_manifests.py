@@ -71,7 +71,7 @@ def test_coordinator_pod_every_option() -> None:
         "/nvfl/work/status-port",
     ]
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == spec.ports
-    assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": "status"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": "status", "scheme": "HTTPS"}
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert container["imagePullPolicy"] == "IfNotPresent"
     assert ps["serviceAccountName"] == "fl-runner"

@@ -7,9 +7,10 @@ TLS channel (pinned to the session certificate, like our participant), seat meta
     python channel_client.py interleave HOST:PORT CERT TICKETS.json
 
 ``probes``: one call per probe (``{"case", "call", "ticket", "token", ...}``; absent: no such header).
-``end-rounds``: per attempt (``{"case", "upload_id", "number_samples", "wait_for_file"}``; upload_id None:
-its own), take the seat, wait to be selected, start the round, upload valid weights with its grant, (wait
-for the file,) end the round as told, then one heartbeat (refused once the coordinator removed it).
+``end-rounds``: per attempt (``{"case", "upload_id", "number_samples", "wait_for_file", "fill"}``;
+upload_id None: its own), take the seat, wait to be selected, start the round, upload valid weights with its
+grant (with ``fill``: all set to that finite value), (wait for the file,) end the round as told, then
+one heartbeat (refused once the coordinator removed it).
 ``scope``: take the seat, wait to be selected, start the round, read the grants the coordinator sends and try
 storage requests outside them (``TARGETS``: ``bucket`` and paths ``/bucket/key`` of objects that are not its
 own), then finish the session honestly (its upload: the global model, 1 sample).
@@ -21,7 +22,9 @@ Runs in the FL venv (run it with ``RuntimeProcess`` and ``runtime_env``).
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
 import json
 import os
 import sys
@@ -31,6 +34,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import grpc
+import numpy as np
 import requests
 from xain_proto.fl.coordinator_pb2 import (
     EndTrainingRoundRequest,
@@ -127,10 +131,16 @@ class Seat:
         self.grants = {k: v for k, v in metadata.items() if k.startswith("nvfl-")}
         return {**outcome, "grants": sorted(self.grants)}
 
-    def upload_global(self) -> dict[str, Any]:
-        """Read the global model with the grant and write it back as this seat's upload (valid weights)."""
+    def upload_global(self, fill: float | None = None) -> dict[str, Any]:
+        """Read the global model with the grant and write it back as this seat's upload (valid weights; with
+        ``fill``: every weight set to it)."""
         got = requests.get(self.grants["nvfl-global-url"], timeout=30)
-        put = requests.put(self.grants["nvfl-upload-url"], data=got.content, timeout=30)
+        upload = got.content
+        if fill is not None:
+            buffer = io.BytesIO()
+            np.save(buffer, np.full_like(np.load(io.BytesIO(got.content)), fill, dtype=np.float64))
+            upload = buffer.getvalue()
+        put = _post(json.loads(self.grants["nvfl-upload-form"]), upload)
         digest_ok = hashlib.sha256(got.content).hexdigest() == self.grants.get("nvfl-global-sha256")
         return {"get_global": got.status_code, "digest_ok": digest_ok, "put_upload": put.status_code}
 
@@ -151,7 +161,7 @@ def end_rounds(client: Client, ticket: str, attempts: list[dict[str, Any]]) -> l
         seat.rendezvous()
         seat.wait_for(State.ROUND)
         started = seat.start_round()
-        uploaded = seat.upload_global()
+        uploaded = seat.upload_global(attempt.get("fill"))
         if attempt.get("wait_for_file"):  # the test says when
             _wait_for_file(Path(attempt["wait_for_file"]))
         upload_id = attempt["upload_id"] or seat.id
@@ -189,13 +199,45 @@ def _probe(name: str, method: str, url: str, in_scope: bool = False, body: bytes
     return {"name": name, "method": method, "status": response.status_code, "in_scope": in_scope}, response
 
 
+def _post(form: dict[str, Any], body: bytes, **edits: str) -> requests.Response:
+    """A POST with a presigned POST grant ``form``, its fields edited by ``edits``."""
+    fields = {**form["fields"], **edits}
+    return requests.post(form["url"], data=fields, files={"file": ("upload.npy", body)}, timeout=30)
+
+
+def _post_probe(name: str, form: dict[str, Any], body: bytes, in_scope: bool = False, **edits: str) -> Any:
+    return {
+        "name": name,
+        "method": "POST",
+        "status": _post(form, body, **edits).status_code,
+        "in_scope": in_scope,
+    }
+
+
+def _key(path: str) -> str:
+    """The object key of ``/bucket/key``."""
+    return path.lstrip("/").partition("/")[2]
+
+
+def _widened(form: dict[str, Any], max_bytes: int) -> str:
+    """The grant's policy with its size bound raised to ``max_bytes`` (its signature kept)."""
+    policy = json.loads(base64.b64decode(form["fields"]["policy"]))
+    policy["conditions"] = [
+        ["content-length-range", 1, max_bytes]
+        if isinstance(c, list) and c[0] == "content-length-range"
+        else c
+        for c in policy["conditions"]
+    ]
+    return base64.b64encode(json.dumps(policy).encode()).decode()
+
+
 def scope(client: Client, ticket: str, targets: dict[str, str]) -> dict[str, Any]:
     """What a participant can reach in storage with what it is given; then the session, played honestly."""
     seat = Seat(client, ticket)
     seat.rendezvous()
     seat.wait_for(State.ROUND)
     started = seat.start_round()
-    get_global, put_upload = seat.grants["nvfl-global-url"], seat.grants["nvfl-upload-url"]
+    get_global, upload = seat.grants["nvfl-global-url"], json.loads(seat.grants["nvfl-upload-form"])
     global_path = urlsplit(get_global).path
     other_upload, other_data = targets["other_upload"], targets["other_data"]
     outside = [  # (what, method, URL): none of it is granted
@@ -207,32 +249,40 @@ def scope(client: Client, ticket: str, targets: dict[str, str]) -> dict[str, Any
         ("anonymous PUT: the global model", "PUT", _anonymous(get_global, global_path)),
         ("global GET grant, key edited: another provider's data", "GET", _edited(get_global, other_data)),
         ("global GET grant, key edited: another's upload", "GET", _edited(get_global, other_upload)),
-        ("upload PUT grant as GET, key edited: another's upload", "GET", _edited(put_upload, other_upload)),
-        ("upload PUT grant, key edited: another's upload", "PUT", _edited(put_upload, other_upload)),
-        (
-            "upload PUT grant as DELETE, key edited: another's upload",
-            "DELETE",
-            _edited(put_upload, other_upload),
-        ),
         ("global GET grant as PUT: the global model", "PUT", get_global),
-        ("upload PUT grant, key edited: the global model", "PUT", _edited(put_upload, global_path)),
-        ("upload PUT grant as GET: its own upload", "GET", put_upload),
     ]
     made = [
         _probe(name, method, url, body=PROBE_BODY if method == "PUT" else None)[0]
         for name, method, url in outside
     ]
-    # Its own grants work: read the global model (the digest announced), write its own upload with it.
+    made += [
+        _post_probe(
+            "upload POST grant, key edited: another's upload", upload, PROBE_BODY, key=_key(other_upload)
+        ),
+        _post_probe(
+            "upload POST grant, key edited: the global model", upload, PROBE_BODY, key=_key(global_path)
+        ),
+        _post_probe(
+            "upload POST grant, size bound edited: its own upload",
+            upload,
+            PROBE_BODY,
+            policy=_widened(upload, 1 << 30),
+        ),
+    ]
+    # Its own grants work: read the global model (the digest announced), write its own upload with it;
+    # the upload grant refuses a body 100 times the model's size.
     result, got = _probe("global GET grant: the global model", "GET", get_global, in_scope=True)
     made.append(result)
     digest_ok = hashlib.sha256(got.content).hexdigest() == seat.grants.get("nvfl-global-sha256")
-    made.append(_probe("upload PUT grant: its own upload", "PUT", put_upload, True, got.content)[0])
+    oversize = _post(upload, PROBE_BODY * (100 * len(got.content) // len(PROBE_BODY) + 1))
+    made.append(_post_probe("upload POST grant: its own upload", upload, got.content, True))
     ended, _, _ = seat.call("EndTrainingRound", request_for("EndTrainingRound", seat.id, 1))
     seat.wait_for(State.FINISHED)
     credential_like = ("AWS", "KEY", "SECRET", "TOKEN", "PASSWORD")
     return {
         "participant_id": seat.id,
-        "own_upload_path": urlsplit(put_upload).path,
+        "own_upload_path": f"{urlsplit(upload['url']).path}/{upload['fields']['key']}",
+        "oversize": {"bytes": 100 * len(got.content), "status": oversize.status_code, "body": oversize.text},
         "start": started,
         "requests": made,
         "digest_ok": digest_ok,

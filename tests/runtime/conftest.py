@@ -14,9 +14,11 @@ from airflow_nevermined_fl import runtime_env
 from airflow_nevermined_fl.devtools import data
 from airflow_nevermined_fl.devtools.devstack import s3
 from airflow_nevermined_fl.devtools.session_channel import SessionChannel
-from airflow_nevermined_fl.runtime.config import StorageSpec
+from airflow_nevermined_fl.runtime.config import ModelSpec, StorageSpec
+from airflow_nevermined_fl.runtime.storage import upload_limit
 
 HERE = Path(__file__).resolve().parent
+UPLOAD_BYTES = upload_limit(ModelSpec("softmax", 64, 10))  # the configs' model
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +68,7 @@ def make_channel(
 
     def make(initial_model: str | None = None) -> SessionChannel:
         rows = [provider["rows"] for provider in shards["providers"]]
-        return SessionChannel.create(s3_client, storage, session_id, rows, initial_model)
+        return SessionChannel.create(s3_client, storage, session_id, rows, initial_model, UPLOAD_BYTES)
 
     return make
 

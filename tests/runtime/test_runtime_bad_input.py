@@ -15,6 +15,7 @@ import pytest
 from airflow_nevermined_fl.devtools.session_channel import SessionChannel
 from airflow_nevermined_fl.devtools.session_local import runtime_env
 from airflow_nevermined_fl.gateway.channel import data_grant, key_pair
+from airflow_nevermined_fl.runtime.storage import StorageError, http_post
 from airflow_nevermined_fl.runtime.workload import COORDINATOR_MODULE as COORDINATOR
 from airflow_nevermined_fl.runtime.workload import PARTICIPANT_MODULE as PARTICIPANT
 
@@ -303,6 +304,11 @@ def test_coordinator_bad_input(
             "channel.grants",
             id="grants-shape",
         ),
+        pytest.param(
+            {"grants.json": '{"objects": {"uploads/p-0.npy": {"post": "https://s3/upload"}}}'},
+            "channel.grants",
+            id="grants-upload-not-a-form",
+        ),
     ],
 )
 def test_coordinator_bad_secret_file_contents(
@@ -424,3 +430,10 @@ def test_participant_refuses_a_certificate_that_is_not_pem(
     ]
     result = _run(fl_python, PARTICIPANT, argv, {})
     _assert_rejected(result, "--coordinator-cert: expected a PEM certificate", [])
+
+
+@pytest.mark.parametrize("form", ["https://s3/upload", "{}", '{"url": "https://s3", "fields": []}'])
+def test_upload_grant_not_a_presigned_post(form: str) -> None:
+    """An upload grant that is not a presigned POST fails naming it, before any request."""
+    with pytest.raises(StorageError, match=r"^upload: malformed upload grant \(expected a presigned POST\)$"):
+        http_post(form, "upload", b"weights")

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -32,8 +33,13 @@ from airflow_nevermined_fl.devtools.session_local import (
     start_participant,
     wait_ended,
 )
+from airflow_nevermined_fl.gateway.channel import key_pair
+from airflow_nevermined_fl.gateway.launchers.base import PEER_CERT_FILE, SEAT_FILE
 from airflow_nevermined_fl.runtime import arrays
+from airflow_nevermined_fl.runtime.softmax import SoftmaxRegression, held_out
+from airflow_nevermined_fl.runtime.status import fetch, pinned_context
 from airflow_nevermined_fl.runtime.storage import GLOBAL_KEY
+from airflow_nevermined_fl.runtime.workload import participant_args
 
 HERE = Path(__file__).resolve().parent
 
@@ -180,7 +186,7 @@ def test_warm_start_begins_from_the_initial_model(
 ) -> None:
     url = finished["model"]["url"]
     channel = make_channel(url)  # its grants include a read of the warm-start model
-    config = make_config(rounds=1, epochs=1, initial_model=url, channel=channel.spec.to_dict())
+    config = make_config(rounds=2, epochs=1, initial_model=url, channel=channel.spec.to_dict())
     final_key = url.split("/", 3)[3]
     with np.load(
         io.BytesIO(s3_client.get_object(Bucket=seaweed["bucket"], Key=final_key)["Body"].read())
@@ -201,6 +207,117 @@ def test_warm_start_begins_from_the_initial_model(
     assert (
         status["rounds_metrics"][0]["accuracy"] >= 0.88
     )  # already trained: one epoch from zeros is far lower
+    _assert_federated_evaluation(status["rounds_metrics"], trained, shards)
+
+
+def _held_out_parts(shards: dict[str, Any]) -> list[tuple[np.ndarray, ...]]:
+    """Per shard, as the participant splits it (``--val-fraction 0.15 --seed 0``): held-out ``x``, ``y``,
+    trained-on ``x``, ``y``, and the generator its training goes on with."""
+    parts = []
+    for provider in shards["providers"]:
+        with np.load(provider["path"]) as npz:
+            x, y = npz["x"].astype(np.float64), npz["y"].astype(np.int64)
+        rng = np.random.default_rng(0)
+        val, train = held_out(len(y), 0.15, rng)
+        parts.append((x[val], y[val], x[train], y[train], rng))
+    return parts
+
+
+def test_a_custom_model_starts_from_the_participants_init_round(
+    make_config: Callable[..., dict[str, Any]],
+    channel: SessionChannel,
+    shards: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    """A ``module:Class`` model: the coordinator starts with no weights, xain's init round takes the
+    participants' initial weights (0 samples: nothing trained), then every round trains."""
+    config = make_config(rounds=2, epochs=1, model={"name": "custom"})  # what a gateway renders
+    coordinator = start_coordinator(config, tmp_path, channel=channel)
+    procs = [coordinator.process]
+    try:
+        for i in range(3):
+            files = tmp_path / f"centroids-{i}"
+            write_files(files, {PEER_CERT_FILE: channel.pair.cert_pem}, {SEAT_FILE: channel.ticket(i)})
+            args = participant_args(
+                coordinator.grpc,
+                str(files / PEER_CERT_FILE),
+                str(files / SEAT_FILE),
+                data=shards["providers"][i]["path"],
+                model="centroid_participant:Centroids",
+                heartbeat=0.5,
+            )
+            script = [str(HERE / "centroid_participant.py"), *args]
+            procs.append(RuntimeProcess.start(f"centroids-{i}", script, files / "log", runtime_env({})))
+        status = wait_ended(coordinator, 60)
+    finally:
+        _stop_all(procs)
+    assert status["state"] == "FINISHED", status
+    assert status["refused_uploads"] == 0 and len(status["rounds_metrics"]) == 2, status
+
+
+def test_a_participant_lying_about_its_evaluation_weighs_no_more_than_its_samples(
+    make_config: Callable[..., dict[str, Any]],
+    channel: SessionChannel,
+    shards: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    """The third participant claims its global model scored 1.0 on 10**9 held-out rows with a loss of -5:
+    its loss is dropped (out of range), its rows count as its training samples."""
+    coordinator = start_coordinator(make_config(rounds=1, epochs=1), tmp_path, channel=channel)
+    procs = [coordinator.process]
+    try:
+        procs += _participants(coordinator, channel, shards, tmp_path, count=2)
+        files = tmp_path / "liar"
+        write_files(files, {PEER_CERT_FILE: channel.pair.cert_pem}, {SEAT_FILE: channel.ticket(2)})
+        args = participant_args(
+            coordinator.grpc,
+            str(files / PEER_CERT_FILE),
+            str(files / SEAT_FILE),
+            data=shards["providers"][2]["path"],
+            model="lying_participant:Liar",
+            heartbeat=0.5,
+        )
+        procs.append(
+            RuntimeProcess.start(
+                "liar", [str(HERE / "lying_participant.py"), *args], tmp_path / "liar.log", runtime_env({})
+            )
+        )
+        status = wait_ended(coordinator, 60)
+    finally:
+        _stop_all(procs)
+    assert status["state"] == "FINISHED", status
+    (m,) = status["rounds_metrics"]
+    model, parts = SoftmaxRegression(64, 10), _held_out_parts(shards)
+    zeros = model.init_weights()  # round 0's global model
+    honest = [(len(y_val), model.evaluate(zeros, x_val, y_val)) for x_val, y_val, *_ in parts[:2]]
+    liar_samples = len(parts[2][3])
+    rows = sum(n for n, _ in honest) + liar_samples
+    assert m["global_rows"] == rows
+    assert m["global_accuracy"] == pytest.approx((sum(n * s[1] for n, s in honest) + liar_samples) / rows)
+    assert m["global_loss"] == pytest.approx(sum(n * s[0] for n, s in honest) / sum(n for n, _ in honest))
+
+
+def _assert_federated_evaluation(
+    metrics: list[dict[str, Any]], initial: np.ndarray, shards: dict[str, Any]
+) -> None:
+    """Each round's ``global_accuracy``/``global_loss`` is the score of the global model the participants
+    received, on their held-out rows (the participant's defaults: ``--val-fraction 0.15 --seed 0``), weighted
+    by those rows: round 0's is the initial model read from storage, round 1's the FedAvg of round 0's
+    uploads, retrained here as each participant did (one epoch)."""
+    model, parts = SoftmaxRegression(64, 10), _held_out_parts(shards)
+    rows = sum(len(y_val) for _, y_val, *_ in parts)
+
+    def federated(weights: np.ndarray) -> tuple[float, float]:
+        scores = [(len(y_val), model.evaluate(weights, x_val, y_val)) for x_val, y_val, *_ in parts]
+        return tuple(sum(n * score[k] for n, score in scores) / rows for k in (0, 1))  # type: ignore[return-value]
+
+    uploads = [(len(y_t), model.sgd_epoch(initial, x_t, y_t, rng, 0.5, 32)) for _, _, x_t, y_t, rng in parts]
+    round1 = sum(n * w for n, w in uploads) / sum(n for n, _ in uploads)
+    for m, weights in zip(metrics, (initial, round1), strict=True):
+        loss, accuracy = federated(weights)
+        assert m["global_rows"] == rows
+        assert m["global_accuracy"] == pytest.approx(accuracy) and m["global_loss"] == pytest.approx(loss)
+    assert metrics[1]["global_loss"] != pytest.approx(federated(initial)[0])  # not round 0's, again
 
 
 def test_stock_xain_sdk_participants_join_a_stock_sdk_session_and_finish(
@@ -364,14 +481,23 @@ def test_status_endpoints_and_sigterm(
         assert status["state"] == "STANDBY" and status["participants"] == {"connected": 0, "selected": 0}
         assert status["rounds"] == 3 and status["rounds_metrics"] == [] and status["model"] is None
         assert status["refused_calls"] == 0 and status["refused_uploads"] == 0
-        with urllib.request.urlopen(f"{coordinator.status_url}/health", timeout=5) as response:
+        assert coordinator.status_url.startswith("https://") and coordinator.cert
+        pinned, url = pinned_context(coordinator.cert), coordinator.status_url
+        with urllib.request.urlopen(f"{url}/health", timeout=5, context=pinned) as response:
             assert json.loads(response.read()) == {"ok": True, "state": "STANDBY"}
         with pytest.raises(urllib.error.HTTPError) as info:
-            urllib.request.urlopen(f"{coordinator.status_url}/nope", timeout=5)
+            urllib.request.urlopen(f"{coordinator.status_url}/nope", timeout=5, context=pinned)
         assert info.value.code == 404
+        # Pinned: a reader expecting another certificate, or speaking plaintext, gets nothing.
+        with pytest.raises(ssl.SSLError):
+            fetch(url, 5, key_pair("impostor", 600).cert_pem)
+        with pytest.raises(OSError):
+            fetch(url.replace("https://", "http://"), 5)
+        assert coordinator.status()["state"] == "STANDBY"  # and the endpoint still serves
         os.kill(coordinator.process.pid, signal.SIGTERM)
         assert coordinator.process.wait(10) == 143
         assert "Stop requested" in coordinator.process.tail()
+        assert "Traceback" not in coordinator.process.log.read_text()
     finally:
         coordinator.process.stop()
 

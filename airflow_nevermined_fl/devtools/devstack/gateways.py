@@ -9,6 +9,8 @@ with its own key. The state keeps pids, ports, URLs, DIDs, addresses and prices;
 or a path. ``backend="docker"`` runs the workloads on the local Docker engine instead of as processes;
 ``backend="kubernetes"`` in the cluster of a given connection, where the pods cannot see this machine's files:
 each data provider's shard is then uploaded to the storage and its service names that ``s3://`` URL.
+Every service publishes the default policy (:mod:`airflow_nevermined_fl.protocol.policy`: softmax, the
+default bounds and limits); on Docker its runtime image is pinned by the image id on the engine.
 """
 
 from __future__ import annotations
@@ -94,6 +96,26 @@ def _backend(backend: str, data_dir: Path | None, connection: dict[str, Any] | N
     return {"type": backend, "connection": connection}
 
 
+def _policy(backend: dict[str, Any]) -> dict[str, Any] | None:
+    """The services' policy: the default; on the docker backend, the runtime image pinned by its id on the
+    engine (the tag as is while it is not built)."""
+    if backend["type"] != "docker":
+        return None
+    from docker import APIClient
+    from docker.errors import DockerException
+
+    from airflow_nevermined_fl.protocol.policy import DEFAULT_IMAGE
+
+    try:
+        extra = (backend.get("connection") or {}).get("extra") or {}
+        url = extra.get("docker_url") or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        engine = APIClient(base_url=url, version="auto")
+        pin = engine.inspect_image(DEFAULT_IMAGE)["Id"]
+    except (DockerException, OSError):
+        return None
+    return {"images": {DEFAULT_IMAGE: pin}}
+
+
 def _dataset_key(p: Provider) -> str:
     return f"{DATASETS_PREFIX}/{p.name}/{DATASET}"
 
@@ -119,6 +141,8 @@ def config_document(
     127.0.0.1:``port``: its key (``key``), storage credentials (``storage.json``) and state under
     ``directory``; ``chain_state``/``s3_state`` as the chain/s3 components give them."""
     service: dict[str, Any] = {"name": p.name, "type": p.type, "price": p.price}
+    if (policy := _policy(backend)) is not None:
+        service["policy"] = policy
     return {
         "name": p.name,
         "key_file": str(directory / "key"),

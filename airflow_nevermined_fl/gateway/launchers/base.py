@@ -15,10 +15,12 @@ from typing import Any
 from airflow_nevermined_fl.runtime.config import SessionConfig
 from airflow_nevermined_fl.runtime.workload import Role, coordinator_args, participant_args
 
-__all__ = ["Labels", "Launcher", "Role", "Workload", "WorkloadSpec", "WorkloadStatus", "run_key"]
+__all__ = ["Labels", "Launcher", "Limits", "Role", "Workload", "WorkloadSpec", "WorkloadStatus", "run_key"]
 
 WORKDIR, DATASET = "{workdir}", "{dataset}"
 CONFIG_FILE = "session.json"
+FOLLOW_LINES = 1_000_000
+"""The most lines :meth:`Launcher.log_since` re-reads on a backend without a seekable log."""
 PEER_CERT_FILE, SEAT_FILE, DATA_URL_FILE = "coordinator.crt", "seat", "data-url"
 
 
@@ -43,6 +45,16 @@ def run_key(dag_id: str, run_id: str) -> str:
     return f"{slug}-{hashlib.sha256(f'{dag_id}/{run_id}'.encode()).hexdigest()[:12]}"
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one workload may use (the service's policy): CPUs, memory (MiB), processes, wall time (s)."""
+
+    cpus: float
+    memory_mb: int
+    pids: int
+    wall_time: float
+
+
 @dataclass
 class WorkloadSpec:
     """What to run: ``python -m <module> <args>`` of the FL runtime.
@@ -56,7 +68,7 @@ class WorkloadSpec:
     backend's workloads see it, which the backend makes visible (Kubernetes: the connection's dataset
     volume; Docker: one of the connection's mounts); ``{dataset}`` in ``args`` is replaced by it.
     ``image`` (``name:tag``, from the workflow DDO's container) is what container backends run; the local
-    backend ignores it.
+    backend ignores it. ``limits``: the resources it may use, applied by each backend's sandbox.
     """
 
     labels: Labels
@@ -69,6 +81,7 @@ class WorkloadSpec:
     image: str | None = None
     dataset: str | None = field(default=None, repr=False)
     secret_files: dict[str, str] = field(default_factory=dict, repr=False)
+    limits: Limits | None = None
 
     def argv(self, workdir: str) -> list[str]:
         """``args`` with ``{workdir}`` (the directory as the workload sees it) and ``{dataset}`` filled in."""
@@ -196,6 +209,14 @@ class Launcher(abc.ABC):
 
     @abc.abstractmethod
     def logs(self, workload: Workload, tail: int = 100) -> str: ...
+
+    def log_since(self, workload: Workload, offset: int, final: bool = False) -> tuple[str, int]:
+        """The log written after position ``offset`` (0: the start; then what the last call returned, opaque
+        to the caller), in whole lines unless ``final`` (the workload ended), and the next position. This
+        default counts lines of the backend's tail of :data:`FOLLOW_LINES`; local reads on from a byte
+        offset, Docker from the engine's timestamps."""
+        lines = self.logs(workload, FOLLOW_LINES).splitlines()
+        return "".join(line + "\n" for line in lines[offset:]), max(offset, len(lines))
 
     @abc.abstractmethod
     def find(self, dag_id: str, run_id: str) -> list[Workload]:

@@ -15,9 +15,14 @@ Its ``extra`` says where the engine is and how workloads are reached:
   An engine that cannot be reached or does not answer in time is a :class:`DockerEngineError` naming it.
 The connection's host/login/password, when set, are the image registry the docker provider logs in to.
 
-Containers use host networking (the ports the operators chose with ``free_port``), run under
-``docker-init``, are labelled ``io.nvfl.*`` (dag id, run id, task id, role, name) and named after the run
-and workload, so ``start`` is idempotent and a teardown in any worker finds them. ``stop`` removes the
+Containers use host networking (the ports the operators chose with ``free_port``; the coordinator's URL
+and the storage grants name addresses of the engine's host, and a presigned grant signs its host, so a
+network of their own would need storage and coordinator reachable under the same names), run under
+``docker-init`` in a sandbox (:func:`sandbox`): read-only root file system (a tmpfs ``/tmp``, the work
+directory an anonymous volume removed with the container), every mount read-only, no new privileges, no
+capability, and the spec's CPU, memory and process limits (its wall time: ``timeout``). They are labelled
+``io.nvfl.*`` (dag id, run id, task id, role, name) and named after the run and workload, so ``start`` is
+idempotent and a teardown in any worker finds them. ``stop`` removes the
 container; since its logs go with it, ``stop`` first records the exit code and a log tail in
 ``workload.details`` (``status`` and ``logs`` answer from there afterwards). Secret env reaches the
 container's environment only (visible to whoever controls that engine, like its processes' memory); secret
@@ -26,8 +31,10 @@ files are copied into its work directory, mode 0400 (not in ``docker inspect``).
 
 from __future__ import annotations
 
+import calendar
 import io
 import json
+import math
 import os
 import tarfile
 import time
@@ -58,6 +65,9 @@ STOP_TIMEOUT = 10
 ENGINE_TIMEOUT = 60.0
 """Seconds one call to the Docker engine may take (the SDK's ``timeout``), unless the connection sets one."""
 KEPT_LOG_LINES = 500
+STREAMS = ("stdout", "stderr")
+"""A follow reads each stream on its own: the engine stamps each one's lines in order as it copies them,
+but the two copiers' lines can reach the log slightly out of time order."""
 _EXTRA_FIELDS = {
     "docker_url": str,
     "advertised_host": str,
@@ -187,6 +197,29 @@ class _BoundedClient:
         return call
 
 
+def sandbox(spec: WorkloadSpec, mounts: tuple[str, ...]) -> dict[str, Any]:
+    """The host config of a workload's container (``create_host_config`` keywords) but its network."""
+    from docker.types import Mount
+
+    config: dict[str, Any] = {
+        "binds": [":".join(m.split(":")[:2] + ["ro"]) for m in mounts],
+        "mounts": [Mount(WORKDIR, None, type="volume")],
+        "init": True,
+        "read_only": True,
+        "tmpfs": {"/tmp": "rw,noexec,nosuid,size=64m"},
+        "security_opt": ["no-new-privileges"],
+        "cap_drop": ["ALL"],
+    }
+    if spec.limits is not None:
+        config |= {
+            "nano_cpus": int(spec.limits.cpus * 1e9),
+            "mem_limit": f"{spec.limits.memory_mb}m",
+            "memswap_limit": f"{spec.limits.memory_mb}m",
+            "pids_limit": spec.limits.pids,
+        }
+    return config
+
+
 def check_dataset(spec: WorkloadSpec, target: DockerTarget, where: str) -> None:
     """Refuse a local dataset no mount of the connection makes visible, before anything is created."""
     path = spec.local_dataset
@@ -277,7 +310,7 @@ class DockerLauncher(Launcher):
         if existing and existing["State"]["Running"]:
             return self._workload(existing)
         if existing:
-            self.client.remove_container(existing["Id"], force=True)
+            self.client.remove_container(existing["Id"], force=True, v=True)
         host = self.target.advertised_host
         labels = {f"{LABEL}.{k}": getattr(spec.labels, k) for k in LABEL_KEYS} | {
             f"{LABEL}.run_key": spec.labels.run_key(),
@@ -287,9 +320,9 @@ class DockerLauncher(Launcher):
         }
         image = spec.image or DEFAULT_IMAGE
         command = ["python", "-u", "-m", spec.module, *spec.argv(WORKDIR)]
-        host_config = self.client.create_host_config(
-            network_mode="host", binds=list(self.target.mounts), init=True
-        )
+        if spec.limits is not None:  # the wall time: coreutils' timeout under docker-init
+            command = ["timeout", "-k", "10", str(math.ceil(spec.limits.wall_time)), *command]
+        host_config = self.client.create_host_config(network_mode="host", **sandbox(spec, self.target.mounts))
         try:
             created = self.client.create_container(
                 image,
@@ -328,7 +361,7 @@ class DockerLauncher(Launcher):
             self.client.stop(workload.id, timeout=STOP_TIMEOUT)
             workload.details["exit_code"] = self.status(workload).exit_code
             workload.details["log_tail"] = self.logs(workload, KEPT_LOG_LINES)
-            self.client.remove_container(workload.id, force=True)
+            self.client.remove_container(workload.id, force=True, v=True)
         except NotFound:
             return
 
@@ -340,6 +373,36 @@ class DockerLauncher(Launcher):
         except NotFound:
             return "\n".join(str(workload.details.get("log_tail", "")).splitlines()[-tail:])
         return raw.decode(errors="replace").rstrip("\n")
+
+    def log_since(self, workload: Workload, offset: int, final: bool = False) -> tuple[str, int]:
+        """Each stream's lines from the millisecond of the last one returned on (the engine's ``since``
+        and timestamps), less those already returned in it: each line once, a stream's lines in order
+        (the two merged by time), re-reading one millisecond of log per call, not the tail. A removed
+        container (stopped by its consumer) has nothing more to follow."""
+        from docker.errors import NotFound
+
+        position, new = _unpack(offset), []
+        for index, stream in enumerate(STREAMS):
+            since_ms, seen = position[2 * index : 2 * index + 2]
+            try:
+                raw = self.client.logs(
+                    workload.id,
+                    **{s: s == stream for s in STREAMS},
+                    timestamps=True,
+                    since=since_ms / 1000 or None,
+                )
+            except NotFound:
+                return "", offset
+            *lines, rest = raw.decode(errors="replace").split("\n")
+            if final and rest:
+                lines.append(rest)
+            if len(lines) <= seen:
+                continue
+            stamps = [_stamp_ns(line) for line in lines]
+            last_ms = stamps[-1] // 10**6
+            position[2 * index : 2 * index + 2] = [last_ms, sum(s // 10**6 == last_ms for s in stamps)]
+            new += [(stamps[i], index, i, lines[i].partition(" ")[2]) for i in range(seen, len(lines))]
+        return "".join(line + "\n" for *_, line in sorted(new)), _pack(position)
 
     def find(self, dag_id: str, run_id: str) -> list[Workload]:
         key = run_key(dag_id, run_id)
@@ -354,3 +417,20 @@ class DockerLauncher(Launcher):
     def free_port(self) -> int:
         """A free port of this machine: right for an engine on the same host (host networking)."""
         return process.free_port()
+
+
+def _stamp_ns(line: str) -> int:
+    """The engine's timestamp (``2006-01-02T15:04:05.999999999Z``) heading a log line, in ns."""
+    whole, _, fraction = line.partition(" ")[0].removesuffix("Z").partition(".")
+    seconds = calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
+    return seconds * 10**9 + int(fraction.ljust(9, "0")[:9])
+
+
+def _pack(position: list[int]) -> int:
+    """A follow position as one int: per stream, the ms its next read starts at (the engine's ``since``)
+    and how many lines stamped within that ms were already returned."""
+    return sum(value << (64 * i) for i, value in enumerate(position))
+
+
+def _unpack(offset: int) -> list[int]:
+    return [(offset >> (64 * i)) & (2**64 - 1) for i in range(2 * len(STREAMS))]

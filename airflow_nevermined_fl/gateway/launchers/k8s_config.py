@@ -13,13 +13,15 @@ reads its own settings from the connection's extra under the key ``nvfl`` (a JSO
         "image_pull_policy": "IfNotPresent",
         "dataset_volume": {"host_path": "/srv/fl-data"},
         "active_deadline_seconds": 86400, "load_balancer_timeout": 300, "grace_period_seconds": 5,
-        "request_timeout": 60}}
+        "request_timeout": 60, "egress": [{"cidr": "198.51.100.0/24", "ports": [443]}]}}
 
 ``request_timeout`` bounds each call to the cluster's API server (seconds, the client's ``_request_timeout``).
+``egress``: what every workload pod may reach besides what its spec needs (see :mod:`.k8s_network`).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from dataclasses import dataclass, field
@@ -93,6 +95,22 @@ SCHEMA: dict[str, Any] = {
         "load_balancer_timeout": {"type": "number", "minimum": 1},
         "grace_period_seconds": {"type": "integer", "minimum": 0},
         "request_timeout": {"type": "number", "exclusiveMinimum": 0},
+        "egress": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["cidr", "ports"],
+                "properties": {
+                    "cidr": {"type": "string"},
+                    "ports": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {"type": "integer", "minimum": 1, "maximum": 65535},
+                    },
+                },
+            },
+        },
     },
 }
 
@@ -120,6 +138,7 @@ class ProviderConfig:
     load_balancer_timeout: float = 300.0
     grace_period_seconds: int = 5
     request_timeout: float = 60.0
+    egress: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def dataset_mount_path(self) -> str | None:
@@ -186,6 +205,18 @@ def _check_dataset(volume: dict[str, str]) -> dict[str, str]:
     return volume
 
 
+def _check_egress(egress: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    checked = []
+    for i, allowed in enumerate(egress):
+        try:
+            cidr = str(ipaddress.ip_network(allowed["cidr"], strict=False))
+        except ValueError:
+            where = _field(["egress", i, "cidr"])
+            raise KubernetesConfigError(f"{where}: {allowed['cidr']!r} is not an IP network (CIDR)") from None
+        checked.append({**allowed, "cidr": cidr})
+    return checked
+
+
 def parse(conn_id: str, extras: dict[str, Any]) -> ProviderConfig:
     """The validated :class:`ProviderConfig` of a connection's extras; raises naming the bad field."""
     try:
@@ -213,4 +244,5 @@ def _parse(conn_id: str, extras: dict[str, Any]) -> ProviderConfig:
     settings["resources"] = _check_resources(raw.get("resources", {}))
     settings["tolerations"] = [_check_toleration(i, t) for i, t in enumerate(raw.get("tolerations", []))]
     settings["dataset_volume"] = _check_dataset(raw.get("dataset_volume", {}))
+    settings["egress"] = _check_egress(raw.get("egress", []))
     return ProviderConfig(conn_id=conn_id, namespace=namespace, **settings)

@@ -9,15 +9,16 @@ the run (dag id, run key, task id, role, name, workload) and the exact ids as an
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from typing import Any
 
-from airflow_nevermined_fl.gateway.launchers.base import Labels, WorkloadSpec, run_key
+from airflow_nevermined_fl.gateway.launchers.base import Labels, Limits, WorkloadSpec, run_key
 from airflow_nevermined_fl.gateway.launchers.k8s_config import KubernetesConfigError, ProviderConfig
 
 CONTAINER = "base"  # the cncf-kubernetes provider's name for the workload container
 WORKDIR = "/nvfl/work"
-HEALTH_PORT = "status"  # a workload exposing this port answers GET /health there (readiness)
+HEALTH_PORT = "status"  # a workload exposing this port answers GET /health there over TLS (readiness)
 MANAGED_BY = "airflow-nevermined-fl"
 
 L_DAG, L_RUN, L_TASK, L_NAME, L_WORKLOAD = (
@@ -147,10 +148,14 @@ def _volumes(spec: WorkloadSpec, name: str, config: ProviderConfig) -> tuple[lis
 
 def pod(spec: WorkloadSpec, config: ProviderConfig) -> dict[str, Any]:
     """The workload's pod: restartPolicy Never (a crash is an exit code), bounded by
-    ``activeDeadlineSeconds`` so that it cannot outlive a lost Airflow teardown for ever."""
+    ``activeDeadlineSeconds`` (the connection's, at most the spec's wall time) so that it cannot outlive a
+    lost teardown for ever; its resources the connection's, else the spec's limits (:func:`resources`)."""
     meta = metadata(spec.labels, config.namespace)
     name = meta["name"]
     volumes, mounts = _volumes(spec, name, config)
+    deadline = config.active_deadline_seconds
+    if spec.limits:
+        deadline = min(deadline, math.ceil(spec.limits.wall_time))
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": spec.image,
@@ -164,19 +169,19 @@ def pod(spec: WorkloadSpec, config: ProviderConfig) -> dict[str, Any]:
     }
     if spec.secret_env:
         container["envFrom"] = [{"secretRef": {"name": name}}]
-    if config.resources:
-        container["resources"] = config.resources
+    if config.resources or spec.limits:
+        container["resources"] = config.resources or resources(spec.limits)
     if config.image_pull_policy:
         container["imagePullPolicy"] = config.image_pull_policy
     if HEALTH_PORT in spec.ports:
         container["readinessProbe"] = {
-            "httpGet": {"path": "/health", "port": HEALTH_PORT},
+            "httpGet": {"path": "/health", "port": HEALTH_PORT, "scheme": "HTTPS"},
             "periodSeconds": 2,
             "failureThreshold": 3,
         }
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
-        "activeDeadlineSeconds": config.active_deadline_seconds,
+        "activeDeadlineSeconds": deadline,
         "terminationGracePeriodSeconds": config.grace_period_seconds,
         "automountServiceAccountToken": False,
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
@@ -192,6 +197,17 @@ def pod(spec: WorkloadSpec, config: ProviderConfig) -> dict[str, Any]:
     if config.tolerations:
         pod_spec["tolerations"] = config.tolerations
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec}
+
+
+def resources(limits: Limits) -> dict[str, dict[str, str]]:
+    """A container's requests and limits from a spec's limits (the policy's): the CPU and memory it may
+    use, a tenth of them requested (processes: the kubelet's ``podPidsLimit``, not a pod field)."""
+    cpu, memory = f"{math.ceil(limits.cpus * 1000)}m", f"{limits.memory_mb}Mi"
+    request_cpu, request_memory = f"{math.ceil(limits.cpus * 100)}m", f"{math.ceil(limits.memory_mb / 10)}Mi"
+    return {
+        "requests": {"cpu": request_cpu, "memory": request_memory},
+        "limits": {"cpu": cpu, "memory": memory},
+    }
 
 
 def service(

@@ -3,9 +3,11 @@ connection per provider: multi-cluster), the coordinator behind a Service.
 
 API access goes through the cncf-kubernetes provider's ``KubernetesHook``. The workload's public files
 travel in a ConfigMap, its secret environment and its secret files each in a Secret (never in the pod
-spec); these and the Service carry an owner reference to the pod, so deleting the pod garbage-collects
-them. Teardown deletes by label (``stop_run``), which also catches objects whose pod was never created. A
-pod that outlives a lost teardown is still bounded by ``activeDeadlineSeconds``.
+spec); its NetworkPolicy (:mod:`.k8s_network`), created before the pod so that the pod never runs
+unconfined, selects that pod only. These and the Service carry an owner reference to the pod, so
+deleting the pod garbage-collects them. Teardown deletes by label (``stop_run``), which also catches
+objects whose pod was never created. A pod that outlives a lost teardown is still bounded by
+``activeDeadlineSeconds``.
 
 Every API call carries ``_request_timeout`` (``extra.nvfl.request_timeout``, default 60 s); an API server
 that cannot be reached or does not answer in time is a :class:`KubernetesUnreachableError` naming the
@@ -20,6 +22,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow_nevermined_fl.gateway.launchers import k8s_manifests as m
+from airflow_nevermined_fl.gateway.launchers import k8s_network
 from airflow_nevermined_fl.gateway.launchers.base import (
     Labels,
     Launcher,
@@ -30,12 +33,12 @@ from airflow_nevermined_fl.gateway.launchers.base import (
 from airflow_nevermined_fl.gateway.launchers.k8s_config import KubernetesConfigError, ProviderConfig, parse
 
 if TYPE_CHECKING:
-    from kubernetes.client import CoreV1Api
+    from kubernetes.client import CoreV1Api, NetworkingV1Api
 
 FIRST_PORT = 50051  # a pod has its own network namespace: any port is free there
 # Waiting reasons after which the container will not start without a change of spec.
 FATAL_WAITING = ("InvalidImageName", "ErrImageNeverPull", "ImagePullBackOff", "CreateContainerConfigError")
-KINDS = ("pod", "service", "config_map", "secret")
+KINDS = ("pod", "service", "config_map", "secret", "network_policy")
 DELETE_WAIT = 60.0
 
 
@@ -103,11 +106,24 @@ class KubernetesLauncher(Launcher):
 
     @cached_property
     def api(self) -> CoreV1Api:
-        """The API client: each call bounded by ``request_timeout``, a lost server a clear error."""
-        api = self.hook.core_v1_client
+        """The core API client: each call bounded by ``request_timeout``, a lost server a clear error."""
+        return self._bounded(self.hook.core_v1_client)
+
+    @cached_property
+    def networking(self) -> NetworkingV1Api:
+        """The networking API client (the workloads' NetworkPolicies), bounded like :attr:`api`."""
+        from kubernetes.client import NetworkingV1Api
+
+        return self._bounded(NetworkingV1Api(self.hook.core_v1_client.api_client))
+
+    def _bounded(self, api: Any) -> Any:
         host = getattr(getattr(api.api_client, "configuration", None), "host", None) or "?"
         where = f"kubernetes connection {self.conn_id!r} (API server {host})"
-        return _BoundedApi(api, self.config.request_timeout, where)  # type: ignore[return-value]
+        return _BoundedApi(api, self.config.request_timeout, where)
+
+    def _api(self, kind: str) -> Any:
+        """The client serving objects of ``kind``."""
+        return self.networking if kind == "network_policy" else self.api
 
     def free_port(self) -> int:
         return next(self._ports)
@@ -131,9 +147,11 @@ class KubernetesLauncher(Launcher):
         return self._workload(self._read("pod", name))
 
     def _create(self, spec: WorkloadSpec, name: str) -> None:
-        """ConfigMap and Secret, the pod, their owner references, then the Service and its address."""
+        """NetworkPolicy, ConfigMap and Secret, the pod, their owner references, then the Service and its
+        address."""
         ns = self.config.namespace
-        referred = (  # (kind, name, manifest, wanted) of what the pod refers to
+        referred = (  # (kind, name, manifest, wanted) of what comes before the pod
+            ("network_policy", name, k8s_network.network_policy, True),
             ("config_map", name, m.config_map, spec.files),
             ("secret", name, m.secret, spec.secret_env),
             ("secret", m.secret_files_name(spec.labels), m.secret_files, spec.secret_files),
@@ -142,12 +160,12 @@ class KubernetesLauncher(Launcher):
             (kind, object_name, manifest) for kind, object_name, manifest, wanted in referred if wanted
         ]
         for kind, _, manifest in objects:
-            getattr(self.api, f"create_namespaced_{kind}")(ns, manifest(spec, self.config))
+            getattr(self._api(kind), f"create_namespaced_{kind}")(ns, manifest(spec, self.config))
         created = self.api.create_namespaced_pod(ns, m.pod(spec, self.config))
         owner = m.owner_reference(name, created.metadata.uid)
         patch = {"metadata": {"ownerReferences": [owner]}}
         for kind, object_name, _ in objects:
-            getattr(self.api, f"patch_namespaced_{kind}")(object_name, ns, patch)
+            getattr(self._api(kind), f"patch_namespaced_{kind}")(object_name, ns, patch)
         if spec.ports:
             self.api.create_namespaced_service(ns, m.service(spec, self.config, owner))
             self._wait_endpoints(name)
@@ -285,8 +303,8 @@ class KubernetesLauncher(Launcher):
 
     # --- stop --------------------------------------------------------------------------------------
     def stop(self, workload: Workload) -> None:
-        """Delete the pod and its service, config map and secret; its final status and log tail stay
-        readable through this launcher's ``status``/``logs`` (the teardown task logs them)."""
+        """Delete the pod and its service, config map, secrets and network policy; its final status and
+        log tail stay readable through this launcher's ``status``/``logs`` (the teardown task logs them)."""
         pod = self._read("pod", workload.details["pod"])
         if pod is not None:
             self._final[workload.id] = (self._pod_status(pod), self.logs(workload, tail=500))
@@ -298,10 +316,11 @@ class KubernetesLauncher(Launcher):
         return found
 
     def labelled(self, selector: str) -> dict[str, list[str]]:
-        """Names of the pods, services, config maps and secrets matching ``selector``, by kind."""
+        """Names of the pods, services, config maps, secrets and network policies matching ``selector``, by
+        kind."""
         found = {}
         for kind in KINDS:
-            listed = getattr(self.api, f"list_namespaced_{kind}")(
+            listed = getattr(self._api(kind), f"list_namespaced_{kind}")(
                 self.config.namespace, label_selector=selector
             )
             if listed.items:
@@ -317,7 +336,9 @@ class KubernetesLauncher(Launcher):
             kwargs = {"grace_period_seconds": self.config.grace_period_seconds} if kind == "pod" else {}
             for name in names:
                 try:
-                    getattr(self.api, f"delete_namespaced_{kind}")(name, self.config.namespace, **kwargs)
+                    getattr(self._api(kind), f"delete_namespaced_{kind}")(
+                        name, self.config.namespace, **kwargs
+                    )
                 except Exception as err:
                     if not _not_found(err):
                         raise

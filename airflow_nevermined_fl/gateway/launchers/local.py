@@ -1,5 +1,9 @@
 """Local-process backend (embedded default): runtime processes with the FL venv's python.
 
+For development only: a workload runs as the gateway's user, on its host and network, and sees its
+files. What rlimits can, they bound (a spec's ``limits``): memory (``RLIMIT_DATA``), processes
+(``RLIMIT_NPROC``, counted per user), CPU time (CPUs x wall time), and the wall time (``timeout``).
+
 Each workload gets a directory ``<root>/<run key>/<workload key>/`` (root: ``<state dir>/workloads``
 unless given) holding its files (its secret files mode 0600), ``output.log``, ``exit_code`` once it ended,
 and ``workload.json`` (pid, process start time, argv, public env; never the secret env or files), so a
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shlex
 import signal
@@ -20,6 +25,7 @@ from airflow_nevermined_fl import process
 from airflow_nevermined_fl.gateway.launchers.base import (
     Labels,
     Launcher,
+    Limits,
     Workload,
     WorkloadSpec,
     WorkloadStatus,
@@ -27,8 +33,12 @@ from airflow_nevermined_fl.gateway.launchers.base import (
 )
 from airflow_nevermined_fl.paths import state_dir
 
+LOG_CHUNK = 1 << 20
+"""The most bytes of a log one :meth:`LocalLauncher.log_since` reads."""
+
 # Variables a runtime process inherits from the worker; everything else (AIRFLOW_CONN_* ...) stays out.
-_INHERITED = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR", "NVFL_HOME")
+# PYTHONPATH: where a provider installs the ``module:Class`` models its policy allows.
+_INHERITED = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR", "NVFL_HOME", "PYTHONPATH")
 
 
 def _proc_stat(pid: int) -> tuple[str, str] | None:
@@ -62,6 +72,17 @@ def _write_private(path: Path, content: str) -> None:
     path.unlink(missing_ok=True)
     with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
         handle.write(content)
+
+
+def _bounded(argv: list[str], limits: Limits | None) -> str:
+    """The shell command running ``argv`` within ``limits`` (dash's ``ulimit`` takes one limit a call)."""
+    if limits is None:
+        return shlex.join(argv)
+    cpu = math.ceil(limits.cpus * limits.wall_time)
+    bounds = f"ulimit -t {cpu}; ulimit -d {limits.memory_mb * 1024}; ulimit -p {limits.pids}"
+    # --foreground: no process group of its own, so that stop() reaches the workload through the shell's.
+    wall = ["timeout", "--foreground", "-k", "10", str(math.ceil(limits.wall_time))]
+    return f"{bounds}; {shlex.join(wall + argv)}"
 
 
 def _runtime_python() -> Path:
@@ -107,7 +128,8 @@ class LocalLauncher(Launcher):
             _write_private(directory / name, content)
         argv = [str(_runtime_python()), "-u", "-m", spec.module, *spec.argv(str(directory))]
         # The shell records the exit code, so status() knows it from any process.
-        wrapper = ["/bin/sh", "-c", f'{shlex.join(argv)}; echo $? > "$0"', str(directory / "exit_code")]
+        command = _bounded(argv, spec.limits)
+        wrapper = ["/bin/sh", "-c", f'{command}; echo $? > "$0"', str(directory / "exit_code")]
         env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
         env.update(spec.env)
         env.update(spec.secret_env)
@@ -164,6 +186,19 @@ class LocalLauncher(Launcher):
         if not log.exists():
             return ""
         return "\n".join(log.read_text(errors="replace").splitlines()[-tail:])
+
+    def log_since(self, workload: Workload, offset: int, final: bool = False) -> tuple[str, int]:
+        """At most :data:`LOG_CHUNK` bytes of ``output.log`` from byte ``offset``, cut after their last
+        newline unless they end the log of a ``final`` workload (or hold a line longer than the chunk)."""
+        try:
+            with Path(workload.details["log"]).open("rb") as log:
+                log.seek(offset)
+                data = log.read(LOG_CHUNK)
+        except FileNotFoundError:
+            return "", offset
+        whole = final and len(data) < LOG_CHUNK or len(data) == LOG_CHUNK and b"\n" not in data
+        end = len(data) if whole else data.rfind(b"\n") + 1
+        return data[:end].decode(errors="replace"), offset + end
 
     def find(self, dag_id: str, run_id: str) -> list[Workload]:
         base = self._base() / run_key(dag_id, run_id)

@@ -6,7 +6,8 @@ const POLL_MS = 2000;
 const RUN_FINISHED = new Set(["success", "failed"]);
 const SVG_NS = "http://www.w3.org/2000/svg";
 const COLUMNS = [
-  ["round", 0], ["loss", 4], ["accuracy", 4], ["participants", 0], ["refused_uploads", 0], ["duration", 1],
+  ["round", 0], ["global_accuracy", 4], ["global_loss", 4], ["accuracy", 4], ["loss", 4], ["participants", 0],
+  ["refused_uploads", 0], ["duration", 1],
 ];
 
 const byId = (id) => document.getElementById(id);
@@ -22,8 +23,10 @@ function fixed(value, digits) {
   return value === null || value === undefined ? "–" : Number(value).toFixed(digits);
 }
 
-// One chart over the rounds: a line per key (kind "line") or a bar per key and round (kind "bar").
-function draw(svg, rounds, keys, kind, top) {
+// One chart over the rounds: a line per key (kind "line") or a bar per key and round (kind "bar"); a key
+// no round reports (e.g. the global model's scores of a custom model) is left out, a missing value too.
+function draw(svg, rounds, allKeys, kind, top) {
+  const keys = allKeys.filter((k) => rounds.some((r) => r[k] !== null && r[k] !== undefined));
   const [width, height, left, right, above, below] = [360, 170, 40, 8, 8, 24];
   const max = top ?? (Math.max(1, ...rounds.flatMap((r) => keys.map((k) => r[k] ?? 0))));
   const slot = (width - left - right) / Math.max(rounds.length, 1);
@@ -40,10 +43,11 @@ function draw(svg, rounds, keys, kind, top) {
   const width1 = (slot * 0.7) / keys.length;
   keys.forEach((key, j) => {
     const group = svgNode("g", { class: `s-${key}`, "data-key": key });
-    if (kind === "line" && rounds.length > 1) {
-      group.append(svgNode("polyline", { class: "line", points: rounds.map((r, i) => `${x(i)},${y(r[key])}`).join(" ") }));
+    const known = rounds.map((r, i) => [r, i]).filter(([r]) => r[key] !== null && r[key] !== undefined);
+    if (kind === "line" && known.length > 1) {
+      group.append(svgNode("polyline", { class: "line", points: known.map(([r, i]) => `${x(i)},${y(r[key])}`).join(" ") }));
     }
-    rounds.forEach((r, i) => {
+    known.forEach(([r, i]) => {
       const mark = kind === "line"
         ? svgNode("circle", { class: "point", cx: x(i), cy: y(r[key]), r: 3.5 })
         : svgNode("rect", {
@@ -67,8 +71,8 @@ function render(data) {
   byId("source").textContent = { xcom: "the run's XComs (rounds over)", coordinator }[data.source] ?? "no round yet";
   byId("updated").textContent = new Date().toLocaleTimeString();
   byId("note").textContent = data.note ?? "";
-  draw(byId("chart-loss"), rounds, ["loss"], "line");
-  draw(byId("chart-accuracy"), rounds, ["accuracy"], "line", 1);
+  draw(byId("chart-loss"), rounds, ["global_loss", "loss"], "line");
+  draw(byId("chart-accuracy"), rounds, ["global_accuracy", "accuracy"], "line", 1);
   draw(byId("chart-uploads"), rounds, ["participants", "refused_uploads"], "bar");
   draw(byId("chart-duration"), rounds, ["duration"], "bar");
   byId("rounds").replaceChildren(...rounds.map((r) => {
